@@ -1,0 +1,3 @@
+"""homemail: a self-hosted mail server."""
+
+__version__ = "0.1.0"

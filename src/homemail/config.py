@@ -1,0 +1,364 @@
+"""Settings: one TOML file turned into typed, validated dataclasses.
+
+Every setting has a default, so ``homemail serve`` runs without a file. A wrong key, type or value raises
+:class:`ConfigError` whose text is one line naming the file, the key and what is wrong.
+
+Sections are plain dataclasses; the loader walks their type hints, so adding a setting is adding a field.
+Field metadata may carry a ``check`` callable that converts/validates the value (raising ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FILE = "homemail.toml"
+
+
+class ConfigError(Exception):
+    """A problem with the configuration; ``str()`` is a single line fit for the user."""
+
+
+# --- value types with their own parsing ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A listening or connecting address, written ``host:port`` (IPv6 as ``[::1]:25``)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, default_port: int | None = None) -> Endpoint:
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+        if default_port is not None and ":" in text and not text.startswith("["):
+            try:  # a bare IPv6 address, no port
+                return cls(str(ipaddress.IPv6Address(text)), default_port)
+            except ValueError:
+                pass
+        if m:
+            host = m.group(1) or m.group(3)
+            port = int(m.group(2) or m.group(4))
+        elif default_port is not None and re.fullmatch(r"[^:\[\]\s]+|\[[0-9A-Fa-f:.]+\]", text):
+            host, port = text.strip("[]"), default_port
+        else:
+            raise ValueError(f'expected "host:port", got {text!r}')
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range 1-65535")
+        return cls(host, port)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(value: object) -> int:
+    """Bytes, as an integer or a string such as ``"25MB"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 26214400 or \"25MB\"")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f'expected a size such as 26214400 or "25MB", got {value!r}')
+        n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    else:
+        raise ValueError("expected a size such as 26214400 or \"25MB\"")
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def parse_duration(value: object) -> float:
+    """Seconds, as a number or a string such as ``"5m"``, ``"4h"``, ``"5d"``."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as 300 or "5m"')
+    if isinstance(value, int | float):
+        n = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if not m or m.group(2).lower() not in _DURATION_UNITS:
+            raise ValueError(f'expected a duration such as 300 or "5m", got {value!r}')
+        n = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    else:
+        raise ValueError('expected a duration such as 300 or "5m"')
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def _endpoint(value: object) -> Endpoint:
+    if not isinstance(value, str):
+        raise ValueError('expected a string "host:port"')
+    return Endpoint.parse(value)
+
+
+def _hostname(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+        value,
+    ):
+        raise ValueError(f"not a valid host name: {value!r}")
+    return value.lower()
+
+
+def _existing_file(value: object) -> Path:
+    if not isinstance(value, str):
+        raise ValueError("expected a file path string")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no such file: {value}")
+    return path
+
+
+def _path(value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a path string")
+    return Path(value).expanduser()
+
+
+def _nameservers(value: object) -> list[Endpoint]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('expected a list of "host" or "host:port" strings')
+    return [Endpoint.parse(v, default_port=53) for v in value]
+
+
+def _networks(value: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of addresses or networks")
+    try:
+        return [ipaddress.ip_network(str(v), strict=False) for v in value]
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def _one_of(*choices: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return typing.cast(str, value)
+
+    return check
+
+
+def _positive(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _with(check: Callable[[object], Any], default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A field whose TOML value is converted by ``check``."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+# --- sections -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ListenConfig:
+    """Listening addresses; a listener left out is off."""
+
+    smtp: Endpoint | None = _with(_endpoint)
+    submission: Endpoint | None = _with(_endpoint)
+    submissions: Endpoint | None = _with(_endpoint)
+    imap: Endpoint | None = _with(_endpoint)
+    imaps: Endpoint | None = _with(_endpoint)
+    pop3: Endpoint | None = _with(_endpoint)
+    pop3s: Endpoint | None = _with(_endpoint)
+    http: Endpoint | None = _with(_endpoint)
+
+
+@dataclass
+class TLSConfig:
+    """Certificate and key (PEM). Absent: a self-signed certificate for ``hostname`` is made in data_dir."""
+
+    cert: Path | None = _with(_existing_file)
+    key: Path | None = _with(_existing_file)
+
+
+@dataclass
+class AuthConfig:
+    # Plaintext logins (IMAP LOGIN, POP3 USER/PASS, SMTP AUTH PLAIN) without TLS are refused, except from
+    # loopback clients when this is on.
+    allow_plaintext_on_loopback: bool = False
+    # Failed logins: each failure is answered after a delay; after `max_failures` within `failure_window`
+    # from one IP or for one account, further attempts are refused until the window passes.
+    failure_delay: float = _with(parse_duration, 1.0)
+    max_failures: int = _with(_positive, 10)
+    failure_window: float = _with(parse_duration, 300.0)
+
+
+@dataclass
+class SMTPConfig:
+    max_message_size: int = _with(parse_size, 50 * 1024 * 1024)
+    max_recipients: int = _with(_positive, 100)
+    max_line_length: int = _with(_positive, 4096)  # RFC 5321 4.5.3.1: at least 512 (commands) / 1000 (text)
+    max_errors: int = _with(_positive, 20)
+    max_connections: int = _with(_positive, 1000)
+    max_connections_per_ip: int = _with(_positive, 20)
+    idle_timeout: float = _with(parse_duration, 300.0)  # RFC 5321 4.5.3.2.7: server timeout at least 5 minutes
+    # Trusted proxies that may send the PROXY protocol header (v1/v2) before SMTP/IMAP/POP3.
+    proxy_from: list[Any] = _with(_networks, factory=list)
+
+
+@dataclass
+class IMAPConfig:
+    max_literal: int = _with(parse_size, 64 * 1024 * 1024)
+    max_line_length: int = _with(_positive, 64 * 1024)
+    idle_timeout: float = _with(parse_duration, 1800.0)  # RFC 9051 5.4: at least 30 minutes
+    max_commands_per_second: int = _with(_positive, 500)
+    max_connections_per_ip: int = _with(_positive, 50)
+
+
+@dataclass
+class POP3Config:
+    max_line_length: int = _with(_positive, 1024)
+    idle_timeout: float = _with(parse_duration, 600.0)  # RFC 1939 3: at least 10 minutes
+
+
+@dataclass
+class DNSConfig:
+    """The one resolver. Empty ``nameservers`` means the system's (/etc/resolv.conf)."""
+
+    nameservers: list[Endpoint] = _with(_nameservers, factory=list)
+    timeout: float = _with(parse_duration, 5.0)
+
+
+@dataclass
+class StorageConfig:
+    backend: str = _with(_one_of("sqlite"), "sqlite")
+    # fsync message files and the database before acknowledging; turn off only for throwaway test servers.
+    fsync: bool = True
+
+
+@dataclass
+class Config:
+    hostname: str = _with(_hostname, "")
+    data_dir: Path = _with(_path, Path("homemail-data"))
+    log_level: str = _with(_one_of("debug", "info", "warning", "error"), "info")
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            self.hostname = socket.getfqdn().lower() or "localhost"
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", Path: "a path string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Convert a TOML value to the annotated type ``tp`` (no custom check)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return _build(typing.cast(type, tp), value, key + ".")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Path and isinstance(value, str):
+        return Path(value).expanduser()
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in table.items():
+        name = raw_key.replace("-", "_")
+        key = prefix + raw_key
+        if name not in fields:
+            raise ConfigError(f"{key}: unknown setting")
+        f = fields[name]
+        check = f.metadata.get("check")
+        if check is not None:
+            try:
+                kwargs[name] = check(value)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        else:
+            kwargs[name] = _convert(hints[name], value, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def from_dict(table: dict[str, Any], source: Path | None = None) -> Config:
+    where = str(source) if source else "config"
+    try:
+        config: Config = _build(Config, table)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    config.source = source
+    if (config.tls.cert is None) != (config.tls.key is None):
+        raise ConfigError(f"{where}: tls: set both cert and key, or neither")
+    return config
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path``; without one, ``./homemail.toml`` if present, else all defaults."""
+    if path is None:
+        if not Path(DEFAULT_FILE).is_file():
+            return Config()
+        path = DEFAULT_FILE
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    config = from_dict(table, p)
+    # A relative data_dir is relative to the file that names it, so the server finds the same folder from any
+    # working directory.
+    if "data_dir" in table and not config.data_dir.is_absolute():
+        config.data_dir = (p.parent / config.data_dir).resolve()
+    return config
