@@ -152,7 +152,7 @@ def _one_of(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-        return typing.cast(str, value)
+        return str(value)
 
     return check
 

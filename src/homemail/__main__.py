@@ -1,0 +1,3 @@
+from homemail.cli import main
+
+main()

@@ -1,0 +1,295 @@
+"""The ``homemail`` command: a thin layer over the store and the server.
+
+Every command that changes accounts works while the server runs (SQLite WAL lets both write). Errors print one
+line, ``homemail: error: ...``, and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from homemail import config as config_mod
+from homemail.config import Config, ConfigError
+from homemail.store import Store, StoreError
+
+T = TypeVar("T")
+
+
+def fail(message: str) -> None:
+    click.echo(f"homemail: error: {message}", err=True)
+    sys.exit(1)
+
+
+def get_config(ctx: click.Context) -> Config:
+    cfg: Config = ctx.obj["config"]
+    return cfg
+
+
+def with_store(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command body with an open store, turning store errors into one-line failures."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        ctx = click.get_current_context()
+        cfg = get_config(ctx)
+
+        async def run() -> T:
+            from homemail.server import open_store
+
+            store = open_store(cfg)
+            await store.open()
+            try:
+                return await fn(store, *args, **kwargs)
+            finally:
+                await store.close()
+
+        try:
+            return asyncio.run(run())
+        except (StoreError, ValueError, LookupError) as e:
+            fail(str(e.args[0]) if e.args else str(e))
+            raise AssertionError from e  # not reached
+
+    return wrapper
+
+
+def read_password(prompt: bool, from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif prompt:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = ""
+    if not password:
+        fail("the password is empty")
+    return password
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML configuration file (default: ./homemail.toml if present)")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """homemail: a self-hosted mail server."""
+    try:
+        cfg = config_mod.load(config_path)
+    except ConfigError as e:
+        fail(str(e))
+        return
+    ctx.obj = {"config": cfg}
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the server with the listeners of the configuration."""
+    from homemail.server import serve as run_server
+
+    run_server(get_config(ctx))
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the configuration without starting (the file was parsed when the command started)."""
+    cfg = get_config(ctx)
+    click.echo(f"{cfg.source or 'defaults'}: ok")
+
+
+# --- domains -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def domain() -> None:
+    """Manage the mail domains this server receives for."""
+
+
+@domain.command("add")
+@click.argument("name")
+@with_store
+async def domain_add(store: Store, name: str) -> None:
+    d = await store.add_domain(name)
+    click.echo(f"added domain {d.name}")
+
+
+@domain.command("list")
+@with_store
+async def domain_list(store: Store) -> None:
+    for d in await store.list_domains():
+        click.echo(d.name)
+
+
+@domain.command("remove")
+@click.argument("name")
+@with_store
+async def domain_remove(store: Store, name: str) -> None:
+    await store.remove_domain(name)
+    click.echo(f"removed domain {name}")
+
+
+# --- users -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Manage mail accounts."""
+
+
+@user.command("add")
+@click.argument("address")
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+@with_store
+async def user_add(store: Store, address: str, password_stdin: bool) -> None:
+    from homemail import addresses
+    from homemail.auth import hash_password
+
+    address = addresses.normalize(address)
+    if not await store.is_local_domain(address.rpartition("@")[2]):
+        raise LookupError(f"unknown domain {address.rpartition('@')[2]}: add it first with 'homemail domain add'")
+    if await store.get_account(address) is not None:
+        raise LookupError(f"user {address} exists already")
+    argon, scram = await asyncio.to_thread(hash_password, read_password(True, password_stdin))
+    account = await store.add_account(address, argon, scram)
+    click.echo(f"added user {account.address}")
+
+
+@user.command("passwd")
+@click.argument("address")
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+@with_store
+async def user_passwd(store: Store, address: str, password_stdin: bool) -> None:
+    from homemail.auth import hash_password
+
+    if await store.get_account(address) is None:
+        raise LookupError(f"no such user: {address}")
+    argon, scram = await asyncio.to_thread(hash_password, read_password(True, password_stdin))
+    await store.set_password(address, argon, scram)
+    click.echo(f"password changed for {address}")
+
+
+@user.command("list")
+@click.argument("domain", required=False)
+@with_store
+async def user_list(store: Store, domain: str | None) -> None:
+    for account in await store.list_accounts(domain):
+        click.echo(account.address)
+
+
+@user.command("remove")
+@click.argument("address")
+@with_store
+async def user_remove(store: Store, address: str) -> None:
+    await store.remove_account(address)
+    click.echo(f"removed user {address} and all its mail")
+
+
+# --- aliases -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def alias() -> None:
+    """Manage aliases; a SOURCE of @domain is the domain's catch-all."""
+
+
+@alias.command("add")
+@click.argument("source")
+@click.argument("targets", nargs=-1, required=True)
+@with_store
+async def alias_add(store: Store, source: str, targets: tuple[str, ...]) -> None:
+    await store.add_alias(source, targets)
+    click.echo(f"{source} -> {', '.join(targets)}")
+
+
+@alias.command("list")
+@with_store
+async def alias_list(store: Store) -> None:
+    for a in await store.list_aliases():
+        click.echo(f"{a.source} -> {a.target}")
+
+
+@alias.command("remove")
+@click.argument("source")
+@click.argument("target", required=False)
+@with_store
+async def alias_remove(store: Store, source: str, target: str | None) -> None:
+    await store.remove_alias(source, target)
+    click.echo(f"removed alias {source}" + (f" -> {target}" if target else ""))
+
+
+# --- moving mail -----------------------------------------------------------------------------------------
+
+
+@main.command("export")
+@click.argument("address")
+@click.argument("directory", type=click.Path(file_okay=False))
+@with_store
+async def export_cmd(store: Store, address: str, directory: str) -> None:
+    """Write all of a user's folders as a Maildir++ tree."""
+    from homemail.transfer.maildir import export_account
+
+    counts = await export_account(store, address, Path(directory))
+    click.echo(f"exported {sum(counts.values())} messages in {len(counts)} folders to {directory}")
+
+
+# --- demo ----------------------------------------------------------------------------------------------------
+
+DEMO_DOMAIN = "example.test"
+DEMO_USER = "demo@example.test"
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Set up a demo domain and user (once), print how to reach them, and serve."""
+    cfg = get_config(ctx)
+
+    async def setup() -> str:
+        from homemail.auth import hash_password
+        from homemail.server import open_store
+
+        password_file = cfg.data_dir / "demo-password"
+        store = open_store(cfg)
+        await store.open()
+        try:
+            if not await store.is_local_domain(DEMO_DOMAIN):
+                await store.add_domain(DEMO_DOMAIN)
+            if await store.get_account(DEMO_USER) is None or not password_file.exists():
+                password = secrets.token_urlsafe(12)
+                argon, scram = hash_password(password)
+                if await store.get_account(DEMO_USER) is None:
+                    await store.add_account(DEMO_USER, argon, scram)
+                else:
+                    await store.set_password(DEMO_USER, argon, scram)
+                password_file.write_text(password + "\n")
+                password_file.chmod(0o600)
+            return password_file.read_text().strip()
+        finally:
+            await store.close()
+
+    password = asyncio.run(setup())
+    click.echo(f"homemail demo: domain {DEMO_DOMAIN}, user {DEMO_USER}, password {password}")
+    click.echo(f"  data folder: {cfg.data_dir}")
+    for key in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http"):
+        endpoint = getattr(cfg.listen, key)
+        if endpoint is not None:
+            click.echo(f"  {key:<12} {endpoint}")
+    click.echo("  stop with Ctrl-C")
+    from homemail.server import serve as run_server
+
+    run_server(cfg)
+
+
+if __name__ == "__main__":
+    main()

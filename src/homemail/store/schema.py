@@ -1,0 +1,102 @@
+"""The SQLite schema and its migrations: MIGRATIONS[n] takes a database from version n to n + 1.
+
+The version lives in ``PRAGMA user_version``. A migration is appended, never edited once released.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: domains, accounts, aliases, mailboxes, messages, blobs.
+    """
+    CREATE TABLE domain (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE account (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        domain_id INTEGER NOT NULL REFERENCES domain(id),
+        password_hash TEXT NOT NULL,
+        scram_sha256 TEXT NOT NULL DEFAULT '',  -- RFC 5802 verifier: iterations$salt$storedkey$serverkey
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE alias (
+        source TEXT NOT NULL COLLATE NOCASE,
+        target TEXT NOT NULL COLLATE NOCASE,
+        PRIMARY KEY (source, target)
+    ) WITHOUT ROWID;
+    CREATE TABLE mailbox (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES account(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1,
+        first_recent_uid INTEGER NOT NULL DEFAULT 1,
+        special_use TEXT,
+        UNIQUE (account_id, name)
+    );
+    CREATE TABLE subscription (
+        account_id INTEGER NOT NULL REFERENCES account(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE keyword (
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, name)
+    ) WITHOUT ROWID;
+    -- One file per message, shared by all its copies; parsed is the summary made once at delivery (JSON).
+    CREATE TABLE blob (
+        id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        refcount INTEGER NOT NULL,
+        parsed BLOB NOT NULL,
+        created INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Files whose last reference is gone; unlinked after the commit that removed them.
+    CREATE TABLE blob_trash (id TEXT PRIMARY KEY) WITHOUT ROWID;
+    -- flags: system flags as bits (see sqlite.FLAG_BITS); keywords: space-separated.
+    CREATE TABLE message (
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        blob_id TEXT NOT NULL REFERENCES blob(id),
+        flags INTEGER NOT NULL DEFAULT 0,
+        keywords TEXT NOT NULL DEFAULT '',
+        internaldate INTEGER NOT NULL,
+        internaldate_tz INTEGER NOT NULL DEFAULT 0,
+        size INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_modseq ON message (mailbox_id, modseq);
+    -- Expunged UIDs with the MODSEQ of their removal, for QRESYNC (RFC 7162 3.2.10).
+    CREATE TABLE expunged (
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring ``db`` to SCHEMA_VERSION; returns the version it had. Refuses a database from a newer homemail."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has schema version {version}, newer than this homemail knows ({SCHEMA_VERSION})"
+        )
+    for n in range(version, SCHEMA_VERSION):
+        # executescript commits first; the migration and its version bump then run in one transaction.
+        db.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[n]}\nPRAGMA user_version = {n + 1};\nCOMMIT;")
+    return int(version)

@@ -1,0 +1,191 @@
+"""Test harness: real homemail server processes on loopback, the CLI against them, and peer-tool checks.
+
+A test module starts its servers once (module-scoped fixtures) and talks to them over real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LISTENER_KEYS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def require_peer(*tools: str) -> None:
+    """Skip when a peer program is missing, unless HOMEMAIL_REQUIRE_PEERS=1 (CI), where that is a failure."""
+    missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+    if missing:
+        message = f"peer program(s) not installed: {', '.join(missing)}"
+        if os.environ.get("HOMEMAIL_REQUIRE_PEERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{s}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(table: Mapping[str, Any], prefix: str = "") -> str:
+    """Enough TOML for test configs: scalars, lists, nested tables, and lists of tables."""
+    lines: list[str] = []
+    nested: list[tuple[str, Any]] = []
+    for k, v in table.items():
+        if isinstance(v, Mapping):
+            nested.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
+            nested.append((k, v))
+        else:
+            lines.append(f"{k} = {toml_value(v)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in nested:
+        name = f"{prefix}{k}"
+        if isinstance(v, list):
+            for item in v:
+                out += f"\n[[{name}]]\n" + to_toml(item, name + ".")
+        else:
+            out += f"\n[{name}]\n" + to_toml(v, name + ".")
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            deep_merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+class ServerProcess:
+    """One homemail server in a subprocess, with its own data folder, config file and free ports."""
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        listeners: tuple[str, ...] = ("smtp",),
+        config: Mapping[str, Any] | None = None,
+        host: str = "127.0.0.1",
+        hostname: str = "mx.example.test",
+    ) -> None:
+        self.root = Path(root or tempfile.mkdtemp(prefix="homemail-test-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.ports = {key: free_port(host) for key in listeners}
+        table: dict[str, Any] = {
+            "hostname": hostname,
+            "data_dir": str(self.root / "data"),
+            "log_level": "info",
+            "listen": {key: f"{host}:{port}" for key, port in self.ports.items()},
+            "auth": {"allow_plaintext_on_loopback": True, "failure_delay": 0.05},
+        }
+        deep_merge(table, config or {})
+        self.config = table
+        self.config_path = self.root / "homemail.toml"
+        self.config_path.write_text(to_toml(table))
+        self.log_path = self.root / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config["data_dir"])
+
+    def port(self, key: str) -> int:
+        return self.ports[key]
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "homemail", "--config", str(self.config_path), *args],
+            input=input, capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
+        return result
+
+    def add_user(self, address: str, password: str = "password") -> None:
+        domain = address.rpartition("@")[2]
+        if domain not in self.cli("domain", "list").stdout.split():
+            self.cli("domain", "add", domain)
+        self.cli("user", "add", address, "--password-stdin", input=password + "\n")
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "homemail", "--config", str(self.config_path), "serve"],
+            stdout=subprocess.PIPE, stderr=log, cwd=self.root,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        buf = b""
+        while b"homemail: ready" not in buf:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"homemail exited with {self.proc.returncode}: {self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"homemail did not start within {timeout}s: {self.log()[-3000:]}")
+            chunk = self.proc.stdout.read()
+            if chunk:
+                buf += chunk
+            else:
+                time.sleep(0.02)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the crash tests' power cut."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
