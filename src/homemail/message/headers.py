@@ -82,11 +82,20 @@ def to_text(value: str) -> str:
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
 
+_CODECS: dict[str, str] = {}
+
+
 def _codec(charset: str) -> str:
-    try:
-        return codecs.lookup(charset).name
-    except LookupError:
-        return "utf-8"
+    """The Python codec for a MIME charset name; unknown charsets are read as UTF-8."""
+    name = _CODECS.get(charset)
+    if name is None:
+        try:
+            name = codecs.lookup(charset).name
+        except LookupError:
+            name = "utf-8"
+        if len(_CODECS) < 256:  # charset names come from mail: keep the memo small
+            _CODECS[charset] = name
+    return name
 
 
 def _decode_bytes(raw: bytes, charset: str) -> str:
@@ -306,7 +315,13 @@ _ADDR_TOKEN = re.compile(
 )
 MISSING_MAILBOX = "MISSING_MAILBOX"
 MISSING_DOMAIN = "MISSING_DOMAIN"
-_SIMPLE_ADDR = re.compile(r"[ \t]*([^\s()<>@,;:\\\"\[\]]+)@([^\s()<>@,;:\\\"\[\]]+)[ \t]*")
+# The common shapes (``a@b``, ``Name <a@b>``, ``"Name" <a@b>``) are matched in one step; anything
+# else (groups, comments, routes, odd quoting) goes through the tokenizer.
+_ATEXT = r"[^\s()<>@,;:\\\"\[\]]+"
+_SIMPLE_ADDR = re.compile(
+    rf'[ \t]*(?:(?:"((?:[^"\\\r\n]|\\.)*)"|([^"()<>@,;:\\\[\]\r\n]*?))[ \t]*<({_ATEXT})@({_ATEXT})>'
+    rf"|({_ATEXT})@({_ATEXT}))[ \t]*(,|$)"
+)
 
 
 class _Builder:
@@ -354,15 +369,38 @@ class _Builder:
         self.out.append(Address(name, adl, local or MISSING_MAILBOX, domain or MISSING_DOMAIN))
 
 
+def _simple_addresses(value: str) -> list[Address] | None:
+    out: list[Address] = []
+    pos = 0
+    n = len(value)
+    while pos < n:
+        m = _SIMPLE_ADDR.match(value, pos)
+        if m is None:
+            return None
+        quoted, phrase, local, domain, bare_local, bare_domain, comma = m.groups()
+        if local is None:
+            out.append(Address(None, None, bare_local, bare_domain))
+        else:
+            if quoted is not None:
+                name: str | None = _QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted
+            else:
+                name = " ".join(phrase.split()) or None
+            out.append(Address(name, None, local, domain))
+        pos = m.end()
+        if not comma:
+            break
+    return out if pos >= n else None
+
+
 def parse_addresses(value: str) -> list[Address]:
     """An address-list as RFC 3501 ENVELOPE addresses: group syntax becomes the start/end markers.
 
     The display name is the phrase as written (quotes removed, RFC 2047 words kept); without one, a
     comment such as ``user@host (Real Name)`` is used, as common servers do.
     """
-    m = _SIMPLE_ADDR.fullmatch(value)
-    if m is not None:
-        return [Address(None, None, m.group(1), m.group(2))]
+    fast = _simple_addresses(value)
+    if fast is not None:
+        return fast
     out: list[Address] = []
     b = _Builder(out)
     in_group = False

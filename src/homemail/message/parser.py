@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from calendar import timegm
 from email.utils import mktime_tz, parsedate_tz
 
 from homemail.message.headers import (
@@ -85,13 +87,13 @@ class _Scanner:
         body_start = header_end(data, start, end)
         content: dict[bytes, bytes] = {}
         envelope: dict[bytes, bytes] = {}
-        for m in FIELD_RE.finditer(data, start, body_start):
-            name = m.group(1).lower()
+        for name, value in FIELD_RE.findall(data, start, body_start):
+            name = name.lower()
             # The first occurrence of a field counts, as in common servers.
             if name.startswith(b"content-"):
-                content.setdefault(name, m.group(2))
+                content.setdefault(name, value)
             elif is_message and name in _ENVELOPE_FIELDS:
-                envelope.setdefault(name, m.group(2))
+                envelope.setdefault(name, value)
         part = BodyPart(header_start=start, body_start=body_start, end=end, size=end - body_start)
         self.content_fields(part, content, in_digest)
         if part.type == "multipart":
@@ -104,31 +106,32 @@ class _Scanner:
 
     @staticmethod
     def content_fields(part: BodyPart, fields: dict[bytes, bytes], in_digest: bool) -> None:
-        raw = fields.get(b"content-type")
+        raw = fields.pop(b"content-type", None)
         ctype = parse_content_type(unfold(raw)) if raw is not None else None
         if ctype is not None:
             part.type, part.subtype, part.params = ctype
         elif in_digest:
             part.type, part.subtype = "message", "rfc822"  # RFC 2046 5.1.5
         # else RFC 2045 5.2: absent or invalid Content-Type means text/plain; charset=us-ascii
-        if part.type == "text" and not any(k in ("charset", "charset*") for k, _ in part.params):
+        if part.type == "text" and not any(k == "charset" or k == "charset*" for k, _ in part.params):
             part.params.append(_DEFAULT_CHARSET)
-        if (raw := fields.get(b"content-transfer-encoding")) is not None:
-            token = parse_token(unfold(raw))
-            if token:
-                part.encoding = token.upper()
-        if (raw := fields.get(b"content-id")) is not None:
-            part.id = unfold(raw)
-        if (raw := fields.get(b"content-description")) is not None:
-            part.description = unfold(raw)
-        if (raw := fields.get(b"content-md5")) is not None:
-            part.md5 = unfold(raw)
-        if (raw := fields.get(b"content-disposition")) is not None:
-            part.disposition = parse_disposition(unfold(raw))
-        if (raw := fields.get(b"content-language")) is not None:
-            part.language = parse_language(unfold(raw))
-        if (raw := fields.get(b"content-location")) is not None:
-            part.location = unfold(raw)
+        for name, raw in fields.items():
+            if name == b"content-transfer-encoding":
+                token = parse_token(unfold(raw))
+                if token:
+                    part.encoding = token.upper()
+            elif name == b"content-id":
+                part.id = unfold(raw)
+            elif name == b"content-description":
+                part.description = unfold(raw)
+            elif name == b"content-disposition":
+                part.disposition = parse_disposition(unfold(raw))
+            elif name == b"content-md5":
+                part.md5 = unfold(raw)
+            elif name == b"content-language":
+                part.language = parse_language(unfold(raw))
+            elif name == b"content-location":
+                part.location = unfold(raw)
 
     def multipart(self, part: BodyPart, depth: int) -> None:
         boundary = part.param("boundary")
@@ -238,9 +241,32 @@ def _first_id(value: str | None) -> str | None:
     return ids[0] if ids else (value or None)
 
 
+# RFC 5322 3.3 date-time in its usual shape; anything else goes to the lenient stdlib parser.
+_DATE_RE = re.compile(
+    r"[ \t]*(?:[A-Za-z]{3},[ \t]*)?(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})[ \t]+"
+    r"(\d\d):(\d\d)(?::(\d\d))?[ \t]+([+-])(\d\d)(\d\d)(?:[ \t]|\(|$)"
+)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+
+
 def _timestamp(value: str | None) -> float | None:
     if not value:
         return None
+    m = _DATE_RE.match(value)
+    month = _MONTHS.get(m.group(2).lower(), 0) if m is not None else 0
+    if m is not None and month:
+        day, _, year, hour, minute, second, sign, zh, zm = m.groups()
+        try:
+            stamp = timegm((int(year), month, int(day), int(hour), int(minute), int(second or 0)))
+        except (ValueError, OverflowError):
+            return None
+        offset = int(zh) * 3600 + int(zm) * 60
+        return float(stamp - offset if sign == "+" else stamp + offset)
     try:
         parsed = parsedate_tz(value)
         return float(mktime_tz(parsed)) if parsed is not None else None
