@@ -177,9 +177,13 @@ class SQLiteStore(Store):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobFiles(self.data_dir, fsync=self.fsync)
         db = _connect(self.db_path, self.fsync)
-        migrate(db)
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('change_seq', '0')")
-        self._recover(db)
+        try:
+            migrate(db)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('change_seq', '0')")
+            self._recover(db)
+        except BaseException:
+            db.close()
+            raise
         self._writer_db = db
         self._readers = concurrent.futures.ThreadPoolExecutor(
             self._reader_count, thread_name_prefix="store-read", initializer=self._init_reader

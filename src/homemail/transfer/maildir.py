@@ -32,11 +32,12 @@ def folder_dir(root: Path, mailbox: str) -> Path:
     return root / ("." + ".".join(parts))
 
 
-def file_name(index: int, info: MessageInfo, keywords: list[str], hostname: str) -> str:
+def file_name(index: int, info: MessageInfo, keywords: list[str], hostname: str, file_size: int) -> str:
+    """Dovecot's naming: S= is the size of the file, W= the size with CRLF line endings (RFC822.SIZE)."""
     letters = sorted([FLAG_LETTERS[f] for f in info.flags if f in FLAG_LETTERS]
                      + [KEYWORD_LETTERS[keywords.index(k)] for k in info.flags if k in keywords[:26]])
     when = int(info.internaldate.timestamp())
-    return f"{when}.M{info.uid}P{os.getpid()}Q{index}.{hostname},S={info.size}:2,{''.join(letters)}"
+    return f"{when}.M{info.uid}P{os.getpid()}Q{index}.{hostname},S={file_size},W={info.size}:2,{''.join(letters)}"
 
 
 def to_lf(data: bytes) -> bytes:
@@ -65,7 +66,7 @@ async def export_account(store: Store, address: str, root: Path) -> dict[str, in
         messages = await store.messages(account.id, mailbox.id)
         for i, info in enumerate(messages):
             data = to_lf(await store.read_blob(info.blob_id))
-            name = file_name(i, info, keywords, hostname)
+            name = file_name(i, info, keywords, hostname, len(data))
             tmp = folder / "tmp" / name
             tmp.write_bytes(data)
             when = info.internaldate.timestamp()
