@@ -57,9 +57,7 @@ def to_toml(table: Mapping[str, Any], prefix: str = "") -> str:
     lines: list[str] = []
     nested: list[tuple[str, Any]] = []
     for k, v in table.items():
-        if isinstance(v, Mapping):
-            nested.append((k, v))
-        elif isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
+        if isinstance(v, Mapping) or (isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v)):
             nested.append((k, v))
         else:
             lines.append(f"{k} = {toml_value(v)}")
