@@ -216,6 +216,9 @@ class SMTPConfig:
     max_connections: int = _with(_positive, 1000)
     max_connections_per_ip: int = _with(_positive, 20)
     idle_timeout: float = _with(parse_duration, 300.0)  # RFC 5321 4.5.3.2.7: server timeout at least 5 minutes
+    # Longest wait for the next bytes of a message (DATA or BDAT); RFC 5321 4.5.3.2.6 gives the client 10
+    # minutes for the final reply, 3 minutes per data block.
+    data_timeout: float = _with(parse_duration, 300.0)
     # Trusted proxies that may send the PROXY protocol header (v1/v2) before SMTP/IMAP/POP3.
     proxy_from: list[Any] = _with(_networks, factory=list)
 
