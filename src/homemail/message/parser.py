@@ -151,7 +151,7 @@ class _Scanner:
         spans: list[tuple[int, int]] = []
         current = -1  # start of the part being read, -1 in the preamble
         pos = start
-        while self.parts + len(spans) < MAX_PARTS:
+        while self.parts + len(spans) + (current >= 0) < MAX_PARTS:
             i = data.find(delimiter, pos, end)
             if i < 0:
                 break
