@@ -1,0 +1,72 @@
+"""Response encoding shared by the commands: flag lists, compact UID sets, INTERNALDATE, mailbox names.
+
+Strings go through :mod:`homemail.message.imap` (quoted when they can be, literals otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from homemail import utf7
+from homemail.message.imap import astring, string
+
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+_SYSTEM_ORDER = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4, "\\Recent": 5}
+
+
+def flag_list(flags: Iterable[str]) -> bytes:
+    """``(\\Seen $Label1)``: system flags first in RFC order, keywords after, sorted (stable output)."""
+    ordered = sorted(flags, key=lambda f: (_SYSTEM_ORDER.get(f, 9), f))
+    return b"(" + " ".join(ordered).encode("utf-8", "replace") + b")"
+
+
+def seq_set(numbers: Iterable[int]) -> bytes:
+    """``1:3,7,9:10`` from any iterable of numbers (sorted, duplicates dropped); b"" when empty."""
+    out: list[bytes] = []
+    start = prev = -2
+    for n in sorted(set(numbers)):
+        if n == prev + 1:
+            prev = n
+            continue
+        if start >= 0:
+            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        start = prev = n
+    if start >= 0:
+        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(out)
+
+
+def seq_list(numbers: Iterable[int]) -> bytes:
+    """A comma-separated list keeping the given order (COPYUID pairs source and destination in order)."""
+    return b",".join(b"%d" % n for n in numbers)
+
+
+def internaldate(value: datetime) -> bytes:
+    """RFC 9051 9: date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE."""
+    off = value.utcoffset()
+    minutes = int(off.total_seconds() // 60) if off is not None else 0
+    sign = b"+" if minutes >= 0 else b"-"
+    minutes = abs(minutes)
+    return b'"%2d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
+        value.day,
+        _MONTHS[value.month - 1],
+        value.year,
+        value.hour,
+        value.minute,
+        value.second,
+        sign,
+        minutes // 60,
+        minutes % 60,
+    )
+
+
+def mailbox_name(name: str, utf8: bool) -> bytes:
+    """A mailbox name for a response: modified UTF-7 (RFC 3501 5.1.3), or UTF-8 once IMAP4rev2 is on."""
+    if utf8:
+        return astring(name.encode("utf-8"))
+    return astring(utf7.encode(name).encode("ascii"))
+
+
+def quoted_text(text: str) -> bytes:
+    return string(text)

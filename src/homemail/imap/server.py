@@ -1,0 +1,58 @@
+"""The IMAP listeners: accept connections (STARTTLS on "plain", TLS from the first byte on "implicit"), enforce
+the per-IP connection limit, and run one :class:`~homemail.imap.session.Session` per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from homemail.config import Endpoint
+from homemail.imap.session import Session
+from homemail.imap.wire import Conn
+
+if TYPE_CHECKING:
+    from homemail.server import Services
+
+log = logging.getLogger(__name__)
+
+
+async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.Server:
+    if mode not in ("plain", "implicit"):
+        raise ValueError(f"unknown IMAP listener mode {mode!r}")
+    implicit = mode == "implicit"
+    per_ip: Counter[str] = Counter()
+    limit = services.config.imap.max_connections_per_ip
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if per_ip[ip] >= limit:
+            try:
+                writer.write(b"* BYE too many connections from your address\r\n")
+                await writer.drain()
+                writer.close()
+            except (ConnectionError, OSError):
+                pass
+            return
+        per_ip[ip] += 1
+        try:
+            session = Session(services, Conn(reader, writer, tls=implicit), starttls_allowed=not implicit)
+            await session.run()
+        except Exception:
+            log.exception("IMAP connection from %s failed", ip)
+        finally:
+            per_ip[ip] -= 1
+            if per_ip[ip] <= 0:
+                del per_ip[ip]
+
+    return await asyncio.start_server(
+        handle,
+        endpoint.host,
+        endpoint.port,
+        ssl=services.tls if implicit else None,
+        limit=2**20,
+        reuse_address=True,
+    )
