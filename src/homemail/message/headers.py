@@ -90,16 +90,22 @@ def _codec(charset: str) -> str:
     name = _CODECS.get(charset)
     if name is None:
         try:
-            name = codecs.lookup(charset).name
-        except LookupError:
+            info = codecs.lookup(charset)
+            # Names like "base64" or "rot13" find bytes-to-bytes codecs, not charsets.
+            name = info.name if getattr(info, "_is_text_encoding", True) else "utf-8"
+        except (LookupError, ValueError):
             name = "utf-8"
         if len(_CODECS) < 256:  # charset names come from mail: keep the memo small
             _CODECS[charset] = name
     return name
 
 
-def _decode_bytes(raw: bytes, charset: str) -> str:
-    return raw.decode(_codec(charset), "replace")
+def decode_bytes(raw: bytes, charset: str | None) -> str:
+    """Text in a MIME charset (RFC 2045 5.1 default us-ascii); errors and unknown charsets are replaced."""
+    try:
+        return raw.decode(_codec(charset or "us-ascii"), "replace")
+    except (LookupError, ValueError):
+        return raw.decode("utf-8", "replace")
 
 
 def _word_bytes(encoding: str, text: str) -> bytes | None:
@@ -131,18 +137,18 @@ def decode_words(value: str) -> str:
         adjacent = pos > 0 and not between.strip(" \t")
         if not adjacent:
             if pending:
-                out.append(_decode_bytes(pending, pending_charset))
+                out.append(decode_bytes(pending, pending_charset))
                 pending = b""
             out.append(between)
         elif pending and charset != pending_charset:
-            out.append(_decode_bytes(pending, pending_charset))
+            out.append(decode_bytes(pending, pending_charset))
             pending = b""
         # Same-charset neighbours are joined before decoding: encoders split multibyte characters.
         pending += raw
         pending_charset = charset
         pos = m.end()
     if pending:
-        out.append(_decode_bytes(pending, pending_charset))
+        out.append(decode_bytes(pending, pending_charset))
     out.append(value[pos:])
     return "".join(out)
 
@@ -263,7 +269,7 @@ def decode_param(name: str, value: str) -> str:
         return decode_words(value)
     charset, _, rest = value.partition("'")
     _, _, encoded = rest.partition("'")
-    return _decode_bytes(unquote_to_bytes(encoded), charset or "us-ascii")
+    return decode_bytes(unquote_to_bytes(encoded), charset or "us-ascii")
 
 
 def parse_content_type(value: str) -> tuple[str, str, list[tuple[str, str]]] | None:

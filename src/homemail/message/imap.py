@@ -6,7 +6,7 @@ import binascii
 import re
 from collections.abc import Iterable
 
-from homemail.message.headers import field_spans
+from homemail.message.headers import decode_bytes, field_spans
 from homemail.message.model import Address, BodyPart, Envelope, Params, ParsedMessage
 from homemail.message.parser import IDENTITY_ENCODINGS
 
@@ -304,13 +304,6 @@ def binary_size(data: bytes, parsed: ParsedMessage, part: tuple[int, ...]) -> in
     return len(binary(data, parsed, part))
 
 
-def _decode_text(body: bytes, charset: str | None) -> str:
-    try:
-        return body.decode(charset or "us-ascii", "replace")
-    except LookupError:
-        return body.decode("utf-8", "replace")
-
-
 def search_text(data: bytes, parsed: ParsedMessage) -> str:
     """The text of every text/* part (encapsulated messages included), decoded, for SEARCH BODY/TEXT."""
     out: list[str] = []
@@ -327,5 +320,5 @@ def search_text(data: bytes, parsed: ParsedMessage) -> str:
                 body = decode_transfer_encoding(body, node.encoding)
             except UnknownCTE:
                 pass
-            out.append(_decode_text(body, node.param("charset")))
+            out.append(decode_bytes(body, node.param("charset")))
     return "\n".join(out)
