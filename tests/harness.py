@@ -117,10 +117,15 @@ class ServerProcess:
     def port(self, key: str) -> int:
         return self.ports[key]
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "homemail", "--config", str(self.config_path), *args],
-            input=input, capture_output=True, text=True, timeout=120,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
@@ -136,7 +141,9 @@ class ServerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "homemail", "--config", str(self.config_path), "serve"],
-            stdout=subprocess.PIPE, stderr=log, cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=self.root,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

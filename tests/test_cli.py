@@ -12,7 +12,11 @@ import pytest
 
 def homemail(tmp_path: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "homemail", *args], cwd=tmp_path, input=input, capture_output=True, text=True,
+        [sys.executable, "-m", "homemail", *args],
+        cwd=tmp_path,
+        input=input,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
@@ -36,8 +40,12 @@ def test_domains_users_aliases(tmp_path: Path) -> None:
     assert ok(tmp_path, "domain", "list").split() == ["example.org"]
     assert "exists already" in error(tmp_path, "domain", "add", "example.org")
     ok(tmp_path, "user", "add", "alice@example.org", "--password-stdin", input="s3cret\n")
-    assert "exists already" in error(tmp_path, "user", "add", "alice@example.org", "--password-stdin", input="x\n")
-    assert "unknown domain" in error(tmp_path, "user", "add", "bob@nowhere.test", "--password-stdin", input="x\n")
+    assert "exists already" in error(
+        tmp_path, "user", "add", "alice@example.org", "--password-stdin", input="x\n"
+    )
+    assert "unknown domain" in error(
+        tmp_path, "user", "add", "bob@nowhere.test", "--password-stdin", input="x\n"
+    )
     assert "not an address" in error(tmp_path, "user", "add", "bob", "--password-stdin", input="x\n")
     assert "invalid" in error(tmp_path, "user", "add", "a b@example.org", "--password-stdin", input="x\n")
     assert "empty" in error(tmp_path, "user", "add", "carol@example.org", "--password-stdin", input="\n")

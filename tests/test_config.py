@@ -26,7 +26,9 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert c.hostname
 
 
-def test_reads_homemail_toml_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_homemail_toml_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(tmp_path, 'hostname = "mx.example.test"\n')
     monkeypatch.chdir(tmp_path)
     assert config.load().hostname == "mx.example.test"
@@ -36,7 +38,9 @@ def test_all_documented_keys(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("x")
     key.write_text("x")
-    p = write(tmp_path, f"""
+    p = write(
+        tmp_path,
+        f"""
 hostname = "MX.Example.Test"
 data_dir = "state"
 [listen]
@@ -56,7 +60,8 @@ max_message_size = "10MB"
 idle_timeout = "2m"
 [dns]
 nameservers = ["127.0.0.1:5353", "::1"]
-""")
+""",
+    )
     c = config.load(p)
     assert c.hostname == "mx.example.test"
     assert c.data_dir == (tmp_path / "state").resolve()  # relative to the file
@@ -73,11 +78,14 @@ nameservers = ["127.0.0.1:5353", "::1"]
         ("colour = 1", "colour: unknown setting"),
         ("[listen]\nsmpt = '0.0.0.0:25'", "listen.smpt: unknown setting"),
         ("[listen]\nsmtp = 25", 'listen.smtp: expected a string "host:port"'),
-        ("[listen]\nsmtp = 'localhost'", "listen.smtp: expected \"host:port\""),
+        ("[listen]\nsmtp = 'localhost'", 'listen.smtp: expected "host:port"'),
         ("[listen]\nsmtp = '0.0.0.0:99999'", "listen.smtp: port 99999 out of range"),
         ("[smtp]\nmax_recipients = 0", "smtp.max_recipients: expected a positive integer"),
         ("[smtp]\nmax_message_size = '5 parsecs'", "smtp.max_message_size: expected a size"),
-        ("[auth]\nallow_plaintext_on_loopback = 'yes'", "auth.allow_plaintext_on_loopback: expected true or false"),
+        (
+            "[auth]\nallow_plaintext_on_loopback = 'yes'",
+            "auth.allow_plaintext_on_loopback: expected true or false",
+        ),
         ("[tls]\ncert = '/nonexistent/cert.pem'\nkey = '/nonexistent/key.pem'", "tls.cert: no such file"),
         ("hostname = 'bad host!'", "hostname: not a valid host name"),
         ("listen = 3", "listen: expected a table"),

@@ -27,8 +27,14 @@ def message(n: int) -> bytes:
 
 
 def cli(data: Path, *args: str, input: str | None = None) -> str:
-    r = subprocess.run([sys.executable, "-m", "homemail", *args], cwd=data, input=input, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "homemail", *args],
+        cwd=data,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -79,15 +85,18 @@ def test_layout_flags_and_contents(exported: Path) -> None:
 
 def test_dovecot_reads_the_export(exported: Path) -> None:
     require_peer(DOVECOT_IMAP)
-    out = dovecot_imap_session(exported, [
-        'LIST "" "*"',
-        "SELECT INBOX",
-        "FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
-        'SELECT "Projekte.&ANw-bersicht"',
-        "FETCH 1 (FLAGS BODY.PEEK[])",
-        "SELECT Sent",
-        "FETCH 1 (FLAGS INTERNALDATE)",
-    ])
+    out = dovecot_imap_session(
+        exported,
+        [
+            'LIST "" "*"',
+            "SELECT INBOX",
+            "FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+            'SELECT "Projekte.&ANw-bersicht"',
+            "FETCH 1 (FLAGS BODY.PEEK[])",
+            "SELECT Sent",
+            "FETCH 1 (FLAGS INTERNALDATE)",
+        ],
+    )
     assert '"Projekte.&ANw-bersicht"' in out or "Projekte.&ANw-bersicht" in out
     assert "* 3 EXISTS" in out
     assert "Subject: message 2" in out
@@ -100,8 +109,12 @@ def test_neomutt_reads_the_export(exported: Path, tmp_path: Path) -> None:
     require_peer("neomutt", "script")
     target = tmp_path / "piped.txt"
     neomutt_batch(
-        ["set mbox_type=Maildir", "set pipe_decode=no", "set sort=subject",
-         f'push "<pipe-message>cat > {target}<enter><quit>"'],
+        [
+            "set mbox_type=Maildir",
+            "set pipe_decode=no",
+            "set sort=subject",
+            f'push "<pipe-message>cat > {target}<enter><quit>"',
+        ],
         str(exported),
     )
     assert target.read_bytes() == message(0).replace(b"\r\n", b"\n")

@@ -34,7 +34,9 @@ def hash_password(password: str) -> tuple[str, str]:
     salt, stored_key, server_key, iterations = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
         password, iteration_count=SCRAM_ITERATIONS
     )
-    scram = "$".join([str(iterations), *(base64.b64encode(x).decode() for x in (salt, stored_key, server_key))])
+    scram = "$".join(
+        [str(iterations), *(base64.b64encode(x).decode() for x in (salt, stored_key, server_key))]
+    )
     return _hasher.hash(password), scram
 
 
@@ -42,8 +44,12 @@ def scram_auth_info(verifier: str) -> tuple[bytes, bytes, bytes, int] | None:
     """The (salt, stored_key, server_key, iterations) scramp wants, from a stored verifier."""
     try:
         iterations, salt, stored_key, server_key = verifier.split("$")
-        return (base64.b64decode(salt), base64.b64decode(stored_key), base64.b64decode(server_key),
-                int(iterations))
+        return (
+            base64.b64decode(salt),
+            base64.b64decode(stored_key),
+            base64.b64decode(server_key),
+            int(iterations),
+        )
     except ValueError:
         return None
 
@@ -119,7 +125,9 @@ class Authenticator:
         return tls or (self.config.allow_plaintext_on_loopback and is_loopback(peer_ip))
 
     def blocked(self, username: str, peer_ip: str | None) -> bool:
-        return self.throttle.blocked("ip:" + (peer_ip or "")) or self.throttle.blocked("user:" + username.lower())
+        return self.throttle.blocked("ip:" + (peer_ip or "")) or self.throttle.blocked(
+            "user:" + username.lower()
+        )
 
     async def login(self, username: str, password: str, peer_ip: str | None) -> Account | None:
         """The account when the password is right; None (after the failure delay) otherwise."""

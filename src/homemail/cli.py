@@ -73,8 +73,13 @@ def read_password(prompt: bool, from_stdin: bool) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML configuration file (default: ./homemail.toml if present)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: ./homemail.toml if present)",
+)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """homemail: a self-hosted mail server."""
@@ -149,7 +154,9 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("address")
-@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+@click.option(
+    "--password-stdin", is_flag=True, help="read the password from the first line of standard input"
+)
 @with_store
 async def user_add(store: Store, address: str, password_stdin: bool) -> None:
     from homemail import addresses
@@ -157,7 +164,9 @@ async def user_add(store: Store, address: str, password_stdin: bool) -> None:
 
     address = addresses.normalize(address)
     if not await store.is_local_domain(address.rpartition("@")[2]):
-        raise LookupError(f"unknown domain {address.rpartition('@')[2]}: add it first with 'homemail domain add'")
+        raise LookupError(
+            f"unknown domain {address.rpartition('@')[2]}: add it first with 'homemail domain add'"
+        )
     if await store.get_account(address) is not None:
         raise LookupError(f"user {address} exists already")
     argon, scram = await asyncio.to_thread(hash_password, read_password(True, password_stdin))
@@ -167,7 +176,9 @@ async def user_add(store: Store, address: str, password_stdin: bool) -> None:
 
 @user.command("passwd")
 @click.argument("address")
-@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+@click.option(
+    "--password-stdin", is_flag=True, help="read the password from the first line of standard input"
+)
 @with_store
 async def user_passwd(store: Store, address: str, password_stdin: bool) -> None:
     from homemail.auth import hash_password

@@ -62,15 +62,26 @@ class Endpoint:
         return cls(host, port)
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
-               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_size(value: object) -> int:
     """Bytes, as an integer or a string such as ``"25MB"``."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 26214400 or \"25MB\"")
+        raise ValueError('expected a size such as 26214400 or "25MB"')
     if isinstance(value, int):
         n = value
     elif isinstance(value, str):
@@ -79,7 +90,7 @@ def parse_size(value: object) -> int:
             raise ValueError(f'expected a size such as 26214400 or "25MB", got {value!r}')
         n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
     else:
-        raise ValueError("expected a size such as 26214400 or \"25MB\"")
+        raise ValueError('expected a size such as 26214400 or "25MB"')
     if n < 0:
         raise ValueError("must not be negative")
     return n
@@ -163,7 +174,9 @@ def _positive(value: object) -> int:
     return value
 
 
-def _with(check: Callable[[object], Any], default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
+def _with(
+    check: Callable[[object], Any], default: Any = None, factory: Callable[[], Any] | None = None
+) -> Any:
     """A field whose TOML value is converted by ``check``."""
     if factory is not None:
         return field(default_factory=factory, metadata={"check": check})
@@ -215,7 +228,9 @@ class SMTPConfig:
     max_errors: int = _with(_positive, 20)
     max_connections: int = _with(_positive, 1000)
     max_connections_per_ip: int = _with(_positive, 20)
-    idle_timeout: float = _with(parse_duration, 300.0)  # RFC 5321 4.5.3.2.7: server timeout at least 5 minutes
+    idle_timeout: float = _with(
+        parse_duration, 300.0
+    )  # RFC 5321 4.5.3.2.7: server timeout at least 5 minutes
     # Longest wait for the next bytes of a message (DATA or BDAT); RFC 5321 4.5.3.2.6 gives the client 10
     # minutes for the final reply, 3 minutes per data block.
     data_timeout: float = _with(parse_duration, 300.0)
@@ -246,6 +261,110 @@ class DNSConfig:
     timeout: float = _with(parse_duration, 5.0)
 
 
+def _durations(value: object) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise ValueError('expected a non-empty list of durations such as ["5m", "10m", "1h"]')
+    out = [parse_duration(v) for v in value]
+    if any(v <= 0 for v in out):
+        raise ValueError("every interval must be more than zero")
+    return out
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"expected a port 1-65535, got {value!r}")
+    return value
+
+
+def _ip_address(value: object) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+def _domains(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError('expected a list of domains such as ["gmail.com", "outlook.com"]')
+    return [v.strip().rstrip(".").lower() for v in value]
+
+
+@dataclass
+class QueueConfig:
+    """The outbound queue: when to retry, when to give up, when to tell the sender of a delay."""
+
+    # Waits between attempts; after the last, it repeats until `expire` (default: 5m, 10m, 30m, 1h, 2h, 4h).
+    retry: list[float] = _with(_durations, factory=lambda: [300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0])
+    expire: float = _with(parse_duration, 5 * 86400.0)  # then a failure DSN (RFC 5321 4.5.4.1: 4-5 days)
+    delay_notice: float = _with(parse_duration, 4 * 3600.0)  # a "delayed" DSN after this; 0 = never
+    # How often the worker looks for work others (the CLI) scheduled.
+    poll_interval: float = _with(parse_duration, 5.0)
+    max_deliveries: int = _with(_positive, 50)  # SMTP transactions in flight at once
+
+
+@dataclass
+class DeliveryConfig:
+    """Direct delivery to the recipients' MX hosts, and TLS policy for it."""
+
+    smtp_port: int = _with(_port, 25)  # the remote port; tests point it elsewhere
+    source_ipv4: str | None = _with(_ip_address)
+    source_ipv6: str | None = _with(_ip_address)
+    ipv4_only: bool = False
+    per_destination: int = _with(_positive, 4)  # connections at once to one destination domain or relay
+    connect_timeout: float = _with(parse_duration, 30.0)
+    # RFC 5321 4.5.3.2: 5 minutes per command, 10 for the end of data.
+    command_timeout: float = _with(parse_duration, 300.0)
+    idle_close: float = _with(parse_duration, 5.0)  # keep a connection this long for further messages
+    # RFC 8461 MTA-STS: fetch and obey policies; the HTTPS port and CA file are settable for tests.
+    mta_sts: bool = True
+    mta_sts_port: int = _with(_port, 443)
+    mta_sts_cafile: Path | None = _with(_existing_file)
+    # CA file for verifying MX certificates where a policy requires it (default: the system's).
+    tls_cafile: Path | None = _with(_existing_file)
+    dkim_sign: bool = True
+
+
+@dataclass
+class RelayConfig:
+    """A smarthost: mail routed to it is handed over with TLS and AUTH, both required."""
+
+    name: str = ""
+    host: str = ""
+    port: int = _with(_port, 587)
+    tls: str = _with(_one_of("starttls", "implicit"), "starttls")
+    username: str = ""
+    password: str = field(default="", repr=False)
+    password_file: Path | None = _with(_existing_file)
+    cafile: Path | None = _with(_existing_file)  # CA for the relay's certificate (default: the system's)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.host:
+            raise ValueError("a [[relay]] needs name and host")
+        if not self.username or not (self.password or self.password_file):
+            raise ValueError(f"relay {self.name}: username and password (or password_file) are required")
+
+    def secret(self) -> str:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password
+
+
+@dataclass
+class RouteConfig:
+    """Which recipients go through a relay: all (no domains), or the listed domains; with
+    ``after_failures = N`` direct delivery is tried first and the relay takes over after N failed attempts."""
+
+    relay: str = ""
+    domains: list[str] = _with(_domains, factory=list)
+    after_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.relay:
+            raise ValueError("a [[route]] needs relay")
+        if self.after_failures < 0:
+            raise ValueError("route after_failures must not be negative")
+
+
 @dataclass
 class StorageConfig:
     backend: str = _with(_one_of("sqlite"), "sqlite")
@@ -266,18 +385,34 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     dns: DNSConfig = field(default_factory=DNSConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    relay: list[RelayConfig] = field(default_factory=list)
+    route: list[RouteConfig] = field(default_factory=list)
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:
         if not self.hostname:
             self.hostname = socket.getfqdn().lower() or "localhost"
+        relays = {r.name for r in self.relay}
+        if len(relays) != len(self.relay):
+            raise ValueError("two [[relay]] entries have the same name")
+        for route in self.route:
+            if route.relay not in relays:
+                raise ValueError(f"route: no [[relay]] named {route.relay!r}")
 
 
 # --- loading ------------------------------------------------------------------------------------------
 
 
 def _type_name(tp: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", Path: "a path string"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        Path: "a path string",
+    }
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 

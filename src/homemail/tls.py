@@ -52,17 +52,18 @@ def make_self_signed(hostname: str, cert_path: Path, key_path: Path, days: int =
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_key = key_path.with_suffix(".tmp")
     fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     os.replace(tmp_key, key_path)
     tmp_cert = cert_path.with_suffix(".tmp")
     tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -88,7 +89,7 @@ def client_context(verify: bool = True, cafile: str | None = None) -> ssl.SSLCon
 
 
 def describe(obj: ssl.SSLObject | ssl.SSLSocket | None) -> str:
-    """"TLS1.3 TLS_AES_256_GCM_SHA384 256" style text for Received: headers and logs."""
+    """ "TLS1.3 TLS_AES_256_GCM_SHA384 256" style text for Received: headers and logs."""
     if obj is None:
         return ""
     cipher = obj.cipher()

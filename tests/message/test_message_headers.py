@@ -144,6 +144,7 @@ def test_addresses(value: str, expected: list[Address]) -> None:
         (b"raw\xff", b"{4}\r\nraw\xff"),
         ("caf\udce9", b"{4}\r\ncaf\xe9"),  # a surrogate-escaped header byte goes out as it came in
         ("x" * 2000, b"{2000}\r\n" + b"x" * 2000),
+        ("\ud800", b'"?"'),
     ],
 )
 def test_string(value: str | bytes | None, rendered: bytes) -> None:

@@ -37,7 +37,9 @@ def accounts(runner: asyncio.Runner, store: SQLiteStore, *names: str) -> list[in
     return [runner.run(store.add_account(f"{n}@example.test", "hash")).id for n in names]
 
 
-def test_new_account_has_default_mailboxes_with_special_use(store: SQLiteStore, runner: asyncio.Runner) -> None:
+def test_new_account_has_default_mailboxes_with_special_use(
+    store: SQLiteStore, runner: asyncio.Runner
+) -> None:
     (alice,) = accounts(runner, store, "alice")
     boxes = {m.name: m for m in runner.run(store.list_mailboxes(alice))}
     assert set(boxes) == {"INBOX", "Drafts", "Sent", "Archive", "Junk", "Trash"}
@@ -62,7 +64,9 @@ def test_account_errors(store: SQLiteStore, runner: asyncio.Runner) -> None:
 
 def test_resolve(store: SQLiteStore, runner: asyncio.Runner) -> None:
     alice, bob = accounts(runner, store, "alice", "bob")
-    runner.run(store.add_alias("team@example.test", ["alice@example.test", "bob@example.test", "x@remote.test"]))
+    runner.run(
+        store.add_alias("team@example.test", ["alice@example.test", "bob@example.test", "x@remote.test"])
+    )
     runner.run(store.add_alias("loop1@example.test", ["loop2@example.test"]))
     runner.run(store.add_alias("loop2@example.test", ["loop1@example.test"]))
 
@@ -85,7 +89,9 @@ def test_resolve(store: SQLiteStore, runner: asyncio.Runner) -> None:
 
 def test_deliver_stores_bytes_uids_and_modseq(store: SQLiteStore, runner: asyncio.Runner) -> None:
     alice, bob = accounts(runner, store, "alice", "bob")
-    placed = runner.run(store.deliver(MESSAGE, [DeliveryTarget(alice), DeliveryTarget(bob, "\\Junk", frozenset({"$Junk"}))]))
+    placed = runner.run(
+        store.deliver(MESSAGE, [DeliveryTarget(alice), DeliveryTarget(bob, "\\Junk", frozenset({"$Junk"}))])
+    )
     inbox = runner.run(store.get_mailbox(alice, "INBOX"))
     junk = runner.run(store.get_mailbox(bob, "Junk"))
     assert inbox and junk
@@ -108,7 +114,9 @@ def test_append_keeps_flags_and_internal_date(store: SQLiteStore, runner: asynci
     sent = runner.run(store.get_mailbox(alice, "Sent"))
     assert sent
     when = datetime(2020, 2, 29, 13, 14, 15, tzinfo=timezone(timedelta(hours=-7)))
-    uidvalidity, uid = runner.run(store.append(alice, sent.id, MESSAGE, ["\\Seen", "\\seen", "Work", "\\Recent"], when))
+    uidvalidity, uid = runner.run(
+        store.append(alice, sent.id, MESSAGE, ["\\Seen", "\\seen", "Work", "\\Recent"], when)
+    )
     assert (uidvalidity, uid) == (sent.uidvalidity, 1)
     (msg,) = runner.run(store.messages(alice, sent.id))
     assert msg.flags == {"\\Seen", "Work"}
@@ -131,7 +139,9 @@ def test_flags_modseq_and_unchangedsince(store: SQLiteStore, runner: asyncio.Run
     again = runner.run(store.store_flags(alice, inbox.id, [1, 2], FlagOp.ADD, ["\\Seen"]))
     assert again.updated == []
     # UNCHANGEDSINCE older than message 1's MODSEQ: refused for 1, done for 3.
-    r = runner.run(store.store_flags(alice, inbox.id, [1, 3], FlagOp.SET, ["\\Flagged"], unchangedsince=new_modseq - 1))
+    r = runner.run(
+        store.store_flags(alice, inbox.id, [1, 3], FlagOp.SET, ["\\Flagged"], unchangedsince=new_modseq - 1)
+    )
     assert r.modified == [1] and [u.uid for u in r.updated] == [3]
     r = runner.run(store.store_flags(alice, inbox.id, [2], FlagOp.REMOVE, ["Todo"]))
     assert r.updated[0].flags == {"\\Seen"}
@@ -275,7 +285,9 @@ def test_watchers_hear_committed_changes(store: SQLiteStore, runner: asyncio.Run
     assert heard == [inbox.id]
 
 
-def test_recovery_removes_unacknowledged_files_and_publishes_committed(tmp_path: Path, runner: asyncio.Runner) -> None:
+def test_recovery_removes_unacknowledged_files_and_publishes_committed(
+    tmp_path: Path, runner: asyncio.Runner
+) -> None:
     s = SQLiteStore(tmp_path / "data")
     runner.run(s.open())
     runner.run(s.add_domain("example.test"))

@@ -45,8 +45,13 @@ _ASTRING = re.compile(rb"[^(){ \x00-\x1f\x7f%*\"\\\x80-\xff]+")
 
 
 def _bytes(value: str | bytes) -> bytes:
-    # Header strings carry 8-bit bytes as surrogate escapes: this restores them exactly.
-    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes):
+        return value
+    try:
+        # Header strings carry 8-bit bytes as surrogate escapes: this restores them exactly.
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte produced
+        return value.encode("utf-8", "replace")
 
 
 def string(value: str | bytes | None) -> bytes:

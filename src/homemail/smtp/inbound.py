@@ -77,15 +77,24 @@ class InboundPolicy(Policy):
             address = found
         domain = address.rpartition("@")[2]
         if not await self.is_local_domain(domain):
-            log.info("smtp %s %s: relay refused: <%s> -> <%s>", session.session_id, session.peer_ip,
-                     envelope.sender, address)
+            log.info(
+                "smtp %s %s: relay refused: <%s> -> <%s>",
+                session.session_id,
+                session.peer_ip,
+                envelope.sender,
+                address,
+            )
             raise SMTPError(554, "5.7.1", f"Relay access denied for <{address}>")
         resolved = await self.store.resolve(address)
         if resolved is None:
             raise SMTPError(550, "5.1.1", f"No such user here: <{address}>")
         if not resolved.accounts:
-            log.warning("smtp %s: <%s> leads only to addresses elsewhere (%s); forwarding is not available yet",
-                        session.session_id, address, ", ".join(resolved.external))
+            log.warning(
+                "smtp %s: <%s> leads only to addresses elsewhere (%s); forwarding is not available yet",
+                session.session_id,
+                address,
+                ", ".join(resolved.external),
+            )
             raise SMTPError(451, "4.3.0", f"<{address}> cannot be delivered here yet; try again later")
         accounts: dict[int, Account] = envelope.state.setdefault("accounts", {})
         for acc in resolved.accounts:
@@ -102,7 +111,9 @@ class InboundPolicy(Policy):
         if not accounts:
             raise SMTPError(554, "5.5.1", "No valid recipients")
         targets = [DeliveryTarget(account_id) for account_id in accounts]
-        trace = b"Return-Path: <" + envelope.sender.encode("utf-8") + b">\r\n" + session.received_header(envelope)
+        trace = (
+            b"Return-Path: <" + envelope.sender.encode("utf-8") + b">\r\n" + session.received_header(envelope)
+        )
         data = b"".join((trace, message))
         try:
             placed = await self.store.deliver(data, targets)
@@ -111,8 +122,19 @@ class InboundPolicy(Policy):
             raise SMTPError(451, "4.3.0", "Temporary failure storing the message; try again later") from None
         external = envelope.state.get("external") or []
         if external:
-            log.warning("smtp %s: %s not forwarded to %s: forwarding is not available yet",
-                        session.session_id, envelope.id, ", ".join(external))
-        log.info("smtp %s: delivered %s from=<%s> to=%s size=%d copies=%d", session.session_id, envelope.id,
-                 envelope.sender, ",".join(f"<{r.address}>" for r in envelope.recipients), len(data), len(placed))
+            log.warning(
+                "smtp %s: %s not forwarded to %s: forwarding is not available yet",
+                session.session_id,
+                envelope.id,
+                ", ".join(external),
+            )
+        log.info(
+            "smtp %s: delivered %s from=<%s> to=%s size=%d copies=%d",
+            session.session_id,
+            envelope.id,
+            envelope.sender,
+            ",".join(f"<{r.address}>" for r in envelope.recipients),
+            len(data),
+            len(placed),
+        )
         return Reply(250, "2.0.0", f"Ok: delivered as {envelope.id}")

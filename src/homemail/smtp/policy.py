@@ -104,8 +104,11 @@ class SubmissionNotAvailable(Policy):
     """For the submission listeners until authenticated sending exists: the protocol works, mail is refused."""
 
     async def mail_from(self, session: SessionInfo, envelope: Envelope) -> Reply | None:
-        raise SMTPError(554, "5.7.0", "Submission is not available on this server yet; use the MX port for "
-                        "mail to local users")
+        raise SMTPError(
+            554,
+            "5.7.0",
+            "Submission is not available on this server yet; use the MX port for mail to local users",
+        )
 
     async def command(self, session: SessionInfo, verb: str, arg: str) -> Reply | None:
         if verb == "AUTH":

@@ -65,7 +65,9 @@ MAX_PATH = addresses.MAX_PATH
 # A "." line delimited by anything but CRLF on both sides (the data is searched with CRLF prepended).
 _SMUGGLED_DOT = re.compile(rb"[\r\n]\.[\r\n]")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
-_XTEXT_UTF8 = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e\u0080-\U0010ffff]|\+[0-9A-F]{2}|\\x\{[0-9A-F]{1,6}\})*")
+_XTEXT_UTF8 = re.compile(
+    r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e\u0080-\U0010ffff]|\+[0-9A-F]{2}|\\x\{[0-9A-F]{1,6}\})*"
+)
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _BDAT = re.compile(r"(\d{1,18})(?: +(LAST))? *", re.IGNORECASE)
 _DOMAIN_LIKE = re.compile(r"[\w.\-]+|\[[\w.:\-]+\]")
@@ -137,7 +139,7 @@ def split_path(text: str, what: str) -> tuple[str, str]:
                 raise SMTPError(501, "5.5.4", f"Syntax: {what}:<address> [parameters]")
             return text[1:i], rest
         i += 1
-    raise SMTPError(501, "5.5.4", f"Syntax: {what}:<address> (missing \">\")")
+    raise SMTPError(501, "5.5.4", f'Syntax: {what}:<address> (missing ">")')
 
 
 def strip_source_route(path: str) -> str:
@@ -294,14 +296,22 @@ class Session(asyncio.Protocol):
         conns = self.listener.connections
         if conns.total >= self.config.max_connections:
             log.warning("smtp %s: refusing %s: %d connections open", self.mode, self.peer_ip, conns.total)
-            transport.write(Reply(421, "4.7.0", f"{self.listener.hostname} Too many connections, try again "
-                                  "later").encode())
+            transport.write(
+                Reply(
+                    421, "4.7.0", f"{self.listener.hostname} Too many connections, try again later"
+                ).encode()
+            )
             transport.close()
             return
         if conns.per_ip.get(self.peer_ip, 0) >= self.config.max_connections_per_ip:
             log.warning("smtp %s: refusing %s: too many connections from it", self.mode, self.peer_ip)
-            transport.write(Reply(421, "4.7.0", f"{self.listener.hostname} Too many connections from your "
-                                  "address, try again later").encode())
+            transport.write(
+                Reply(
+                    421,
+                    "4.7.0",
+                    f"{self.listener.hostname} Too many connections from your address, try again later",
+                ).encode()
+            )
             transport.close()
             return
         conns.add(self.peer_ip)
@@ -359,7 +369,9 @@ class Session(asyncio.Protocol):
     def _count_error(self) -> None:
         self.errors += 1
         if self.errors >= self.config.max_errors and not self._closing:
-            self._out.append(Reply(421, "4.7.0", f"{self.listener.hostname} Too many errors, closing").encode())
+            self._out.append(
+                Reply(421, "4.7.0", f"{self.listener.hostname} Too many errors, closing").encode()
+            )
             self._closing = True
 
     def flush(self) -> None:
@@ -501,7 +513,9 @@ class Session(asyncio.Protocol):
             raise
         except Exception:
             log.exception("smtp %s %s: internal error", self.session_id, self.peer_ip)
-            self._out.append(Reply(421, "4.3.0", f"{self.listener.hostname} Internal error, closing").encode())
+            self._out.append(
+                Reply(421, "4.3.0", f"{self.listener.hostname} Internal error, closing").encode()
+            )
         finally:
             self.flush()
             if self.transport is not None:
@@ -590,8 +604,11 @@ class Session(asyncio.Protocol):
                     raise SMTPError(501, "5.5.4", "Bad SIZE parameter")
                 env.size = int(value)
                 if env.size > self.config.max_message_size:  # RFC 1870 6.1
-                    raise SMTPError(552, "5.3.4", "Message size exceeds the limit of "
-                                    f"{self.config.max_message_size} bytes")
+                    raise SMTPError(
+                        552,
+                        "5.3.4",
+                        f"Message size exceeds the limit of {self.config.max_message_size} bytes",
+                    )
             elif key == "BODY":
                 body = (value or "").upper()
                 if body not in ("7BIT", "8BITMIME"):  # BINARYMIME is not offered
@@ -636,8 +653,10 @@ class Session(asyncio.Protocol):
         for key, value in params.items():
             if key == "NOTIFY":  # RFC 3461 4.1
                 words = tuple((value or "").upper().split(","))
-                if not words or not (words == ("NEVER",) or
-                                     (set(words) <= {"SUCCESS", "FAILURE", "DELAY"} and len(set(words)) == len(words))):
+                if not words or not (
+                    words == ("NEVER",)
+                    or (set(words) <= {"SUCCESS", "FAILURE", "DELAY"} and len(set(words)) == len(words))
+                ):
                     raise SMTPError(501, "5.5.4", "Bad NOTIFY parameter")
                 rcpt.notify = words
             elif key == "ORCPT":  # RFC 3461 4.2
@@ -678,17 +697,30 @@ class Session(asyncio.Protocol):
         raw, too_big = await self._read_data()
         self._reset()
         if too_big:
-            raise SMTPError(552, "5.3.4", f"Message exceeds the size limit of {self.config.max_message_size} "
-                            "bytes; not accepted")
+            raise SMTPError(
+                552,
+                "5.3.4",
+                f"Message exceeds the size limit of {self.config.max_message_size} bytes; not accepted",
+            )
         if smuggled_dot(raw):
-            log.warning("smtp %s %s: refused message %s: '.' line with a bare CR or LF", self.session_id,
-                        self.peer_ip, env.id)
-            raise SMTPError(550, "5.5.2", "Message refused: a \".\" line ending in a bare CR or LF "
-                            "(RFC 5321 2.3.8); end lines with CRLF")
+            log.warning(
+                "smtp %s %s: refused message %s: '.' line with a bare CR or LF",
+                self.session_id,
+                self.peer_ip,
+                env.id,
+            )
+            raise SMTPError(
+                550,
+                "5.5.2",
+                'Message refused: a "." line ending in a bare CR or LF (RFC 5321 2.3.8); end lines with CRLF',
+            )
         message = unstuff(normalize_data(raw))
         if len(message) > self.config.max_message_size:
-            raise SMTPError(552, "5.3.4", f"Message exceeds the size limit of {self.config.max_message_size} "
-                            "bytes; not accepted")
+            raise SMTPError(
+                552,
+                "5.3.4",
+                f"Message exceeds the size limit of {self.config.max_message_size} bytes; not accepted",
+            )
         return await self._deliver(env, message)
 
     async def cmd_bdat(self, arg: str) -> Reply | None:
@@ -704,8 +736,11 @@ class Session(asyncio.Protocol):
         elif not env.recipients:
             error = SMTPError(554, "5.5.1", "No valid recipients")
         elif self.chunks_size + size > self.config.max_message_size:
-            error = SMTPError(552, "5.3.4", f"Message exceeds the size limit of {self.config.max_message_size} "
-                              "bytes; not accepted")
+            error = SMTPError(
+                552,
+                "5.3.4",
+                f"Message exceeds the size limit of {self.config.max_message_size} bytes; not accepted",
+            )
         chunk = await self._read_chunk(size, keep=error is None)
         if error is not None:
             if env is not None:
@@ -752,8 +787,11 @@ class Session(asyncio.Protocol):
         raise SMTPError(502, "5.5.1", "EXPN not available")
 
     async def cmd_help(self, arg: str) -> Reply | None:
-        return Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS\n"
-                     "See RFC 5321")
+        return Reply(
+            214,
+            "2.0.0",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS\nSee RFC 5321",
+        )
 
     async def cmd_starttls(self, arg: str) -> Reply | None:
         if self.tls:
@@ -766,7 +804,9 @@ class Session(asyncio.Protocol):
             # Anything pipelined after STARTTLS would be taken as sent over TLS: refuse it (RFC 3207 5).
             log.warning("smtp %s %s: data pipelined after STARTTLS, closing", self.session_id, self.peer_ip)
             del self._buf[:]
-            raise SMTPError(554, "5.5.1", "Command pipelining after STARTTLS is not allowed; closing", close=True)
+            raise SMTPError(
+                554, "5.5.1", "Command pipelining after STARTTLS is not allowed; closing", close=True
+            )
         self._out.append(Reply(220, "2.0.0", "Ready to start TLS").encode())
         self.flush()
         assert self.transport is not None
@@ -775,7 +815,10 @@ class Session(asyncio.Protocol):
             self.transport.resume_reading()
         try:
             transport = await self._loop.start_tls(
-                self.transport, self, self.services.tls, server_side=True,
+                self.transport,
+                self,
+                self.services.tls,
+                server_side=True,
                 ssl_handshake_timeout=min(60.0, self.config.idle_timeout),
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
@@ -816,8 +859,10 @@ class Session(asyncio.Protocol):
         tls_info = f" ({self.tls})" if self.tls else ""
         for_clause = f"\r\n\tfor <{env.recipients[0].address}>" if len(env.recipients) == 1 else ""
         date = email.utils.formatdate(localtime=True)
-        return (f"Received: from {helo} ({tcp})\r\n\tby {self.listener.hostname} (homemail) with {proto}"
-                f"{tls_info}\r\n\tid {env.id}{for_clause}; {date}\r\n").encode()
+        return (
+            f"Received: from {helo} ({tcp})\r\n\tby {self.listener.hostname} (homemail) with {proto}"
+            f"{tls_info}\r\n\tid {env.id}{for_clause}; {date}\r\n"
+        ).encode()
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

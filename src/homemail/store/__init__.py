@@ -1,4 +1,5 @@
-"""The store is in charge of all persistent state: domains, accounts, aliases, mailboxes, messages and flags.
+"""The store is in charge of all persistent state: domains, accounts, aliases, mailboxes, messages and flags,
+the outbound queue and DKIM keys.
 
 It is the only seam between the protocols and disk: SMTP, IMAP, POP3 and the CLI call the :class:`Store`
 interface and never touch SQL or files. The embedded backend is :mod:`homemail.store.sqlite`.
@@ -167,6 +168,68 @@ class CopyResult:
     pairs: list[tuple[int, int]]  # (source uid, destination uid), ascending by source uid
 
 
+@dataclass(frozen=True, slots=True)
+class QueueRecipient:
+    """A recipient handed to the outbound queue, with its DSN parameters (RFC 3461 4.1, 4.2)."""
+
+    address: str
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    id: int
+    message_id: int
+    address: str
+    notify: tuple[str, ...] | None
+    orcpt: str | None
+    state: str  # "queued", "sent", "failed", "bounce" (a failure DSN was asked for by the administrator)
+    attempts: int
+    next_attempt: float  # Unix time
+    last_error: str
+    remote: str
+    delay_notified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: int
+    sender: str  # "" for the null reverse-path
+    blob_id: str
+    size: int
+    created: float
+    account_id: int | None
+    envid: str | None
+    ret: str | None
+    smtputf8: bool
+    body8bit: bool
+    recipients: tuple[QueuedRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """The outcome of an attempt for one queued recipient."""
+
+    id: int
+    state: str  # "queued" (try again at next_attempt), "sent" or "failed"
+    next_attempt: float = 0.0
+    last_error: str = ""
+    remote: str = ""
+    attempted: bool = True  # counts as an attempt
+    delay_notified: bool | None = None  # set when a delay DSN went out
+
+
+@dataclass(frozen=True, slots=True)
+class DKIMKey:
+    domain: str
+    selector: str
+    algorithm: str  # "rsa-sha256" or "ed25519-sha256"
+    private_key: str = field(repr=False)  # PKCS#8 PEM
+    active: bool = True
+    created: float = 0.0
+
+
 Listener = Callable[[int], None]  # called with a mailbox id
 
 
@@ -193,6 +256,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def add_account(self, address: str, password_hash: str, scram_sha256: str = "") -> Account:
         """Create the account and its default mailboxes (DEFAULT_MAILBOXES). Its domain must exist."""
+
     @abc.abstractmethod
     async def set_password(self, address: str, password_hash: str, scram_sha256: str = "") -> None: ...
     @abc.abstractmethod
@@ -222,14 +286,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
         """By name ("INBOX" in any case is the inbox) or, when ``name`` starts with a backslash, special-use."""
+
     @abc.abstractmethod
     async def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox: ...
     @abc.abstractmethod
     async def delete_mailbox(self, account_id: int, name: str) -> None:
         """Delete the mailbox and its messages (not its children). INBOX cannot be deleted."""
+
     @abc.abstractmethod
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         """Rename with its children (RFC 3501 6.3.5); renaming INBOX moves its messages to a new mailbox."""
+
     @abc.abstractmethod
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
     @abc.abstractmethod
@@ -246,6 +313,7 @@ class Store(abc.ABC):
         self, data: bytes, targets: Sequence[DeliveryTarget], internaldate: datetime | None = None
     ) -> list[tuple[int, int]]:
         """Store one message (CRLF line endings) in each target's mailbox, durably. Returns (mailbox id, uid)."""
+
     @abc.abstractmethod
     async def append(
         self,
@@ -256,6 +324,7 @@ class Store(abc.ABC):
         internaldate: datetime | None = None,
     ) -> tuple[int, int]:
         """IMAP APPEND: returns (uidvalidity, uid)."""
+
     @abc.abstractmethod
     async def list_uids(self, account_id: int, mailbox_id: int) -> list[int]: ...
     @abc.abstractmethod
@@ -263,20 +332,24 @@ class Store(abc.ABC):
         self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None
     ) -> list[MessageInfo]:
         """Per-mailbox state of the given UIDs (all when None), ascending by UID; missing UIDs are skipped."""
+
     @abc.abstractmethod
     async def parsed(self, blob_ids: Sequence[str]) -> dict[str, ParsedMessage]:
         """The summary parsed at delivery, by blob id."""
+
     @abc.abstractmethod
     async def read_blob(self, blob_id: str) -> bytes: ...
     @abc.abstractmethod
     def blob_path(self, blob_id: str) -> str:
         """Path of the message file, for readers that stream or mmap it (not a coroutine)."""
+
     @abc.abstractmethod
     async def changes(self, account_id: int, mailbox_id: int, since_modseq: int) -> Changes: ...
     @abc.abstractmethod
     async def claim_recent(self, account_id: int, mailbox_id: int) -> int:
         """Take the \\Recent messages (RFC 3501 2.3.2): returns the lowest UID that is recent for the caller;
         UIDs from there up to the mailbox's uidnext are recent for the caller and for no later caller."""
+
     @abc.abstractmethod
     async def store_flags(
         self,
@@ -288,6 +361,7 @@ class Store(abc.ABC):
         unchangedsince: int | None = None,
     ) -> StoreResult:
         """Change flags. ``updated`` lists every message whose flags changed (with the new MODSEQ)."""
+
     @abc.abstractmethod
     async def copy(
         self, account_id: int, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int
@@ -297,12 +371,76 @@ class Store(abc.ABC):
         self, account_id: int, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int
     ) -> CopyResult:
         """Copy then expunge the sources, atomically (RFC 6851)."""
+
     @abc.abstractmethod
     async def expunge(self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only among ``uids`` when given). Returns the UIDs removed."""
+
     @abc.abstractmethod
     async def remove_messages(self, account_id: int, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         """Remove the messages whatever their flags (POP3 DELE at QUIT). Returns the UIDs removed."""
+
+    # --- the outbound queue ---
+    # Rules: a queued message holds one reference to its blob until every recipient is sent or failed; a
+    # recipient's success is committed right after the remote's reply, so a restart never sends it twice.
+    @abc.abstractmethod
+    async def enqueue(
+        self,
+        data: bytes,
+        sender: str,
+        recipients: Sequence[QueueRecipient],
+        local_targets: Sequence[DeliveryTarget] = (),
+        account_id: int | None = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        smtputf8: bool = False,
+        body8bit: bool = False,
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Queue the message for ``recipients`` and deliver it to ``local_targets``, in one durable commit with
+        one message file. Returns (queue id, 0 without recipients; (mailbox id, uid) of the local copies)."""
+
+    @abc.abstractmethod
+    async def queue_due(self, now: float, limit: int, exclude: Iterable[int] = ()) -> list[QueuedMessage]:
+        """Messages with recipients due (state queued or bounce, next_attempt <= now), each with only those
+        recipients, oldest first. Recipient ids in ``exclude`` (attempts in progress) are left out."""
+
+    @abc.abstractmethod
+    async def queue_next_attempt(self) -> float | None:
+        """The earliest next_attempt of a waiting recipient (None: the queue is empty)."""
+
+    @abc.abstractmethod
+    async def queue_update(self, updates: Sequence[RecipientUpdate]) -> None:
+        """Record attempt outcomes in one commit; a message whose recipients are all done leaves the queue."""
+
+    @abc.abstractmethod
+    async def queue_list(self) -> list[QueuedMessage]:
+        """Every queued message with all its recipients."""
+
+    @abc.abstractmethod
+    async def queue_get(self, message_id: int) -> QueuedMessage | None: ...
+    @abc.abstractmethod
+    async def queue_reschedule(self, message_id: int | None, when: float) -> int:
+        """Move waiting recipients (of one message, or all) to ``when``. Returns how many."""
+
+    @abc.abstractmethod
+    async def queue_bounce(self, message_id: int, reason: str) -> int:
+        """Mark the waiting recipients for a failure DSN at the worker's next pass. Returns how many."""
+
+    @abc.abstractmethod
+    async def queue_delete(self, message_id: int) -> None:
+        """Drop the message from the queue without any notice."""
+
+    # --- DKIM keys ---
+    @abc.abstractmethod
+    async def dkim_keys(self, domain: str | None = None) -> list[DKIMKey]:
+        """Keys of a domain (all when None), newest first."""
+
+    @abc.abstractmethod
+    async def add_dkim_keys(self, keys: Sequence[DKIMKey], retire_active: bool = False) -> None:
+        """Add keys (all active); with ``retire_active`` the domain's keys active before stop signing."""
+
+    @abc.abstractmethod
+    async def remove_dkim_key(self, domain: str, selector: str) -> None: ...
 
     # --- change notification (not coroutines) ---
     @abc.abstractmethod

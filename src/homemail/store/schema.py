@@ -84,6 +84,50 @@ MIGRATIONS: list[str] = [
     CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     """,
+    # 1 -> 2: the outbound queue (one row per message, one per recipient) and DKIM signing keys.
+    """
+    -- A queued message holds one reference to its blob; the row goes when every recipient is done.
+    CREATE TABLE queue_message (
+        id INTEGER PRIMARY KEY,
+        sender TEXT NOT NULL,                 -- '' for the null reverse-path (DSNs)
+        blob_id TEXT NOT NULL REFERENCES blob(id),
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        account_id INTEGER,                   -- the submitting account; NULL for forwarded mail and DSNs
+        envid TEXT,                           -- RFC 3461 4.4 ENVID, xtext as received
+        ret TEXT,                             -- RFC 3461 4.3 RET: FULL or HDRS
+        smtputf8 INTEGER NOT NULL DEFAULT 0,
+        body8bit INTEGER NOT NULL DEFAULT 0
+    );
+    -- state: queued (waiting for its next attempt), sent, failed, bounce (the administrator asked for a
+    -- failure DSN; done at the next worker pass).
+    CREATE TABLE queue_recipient (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES queue_message(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL COLLATE NOCASE,
+        notify TEXT,                          -- RFC 3461 4.1 NOTIFY, comma-separated; NULL when not given
+        orcpt TEXT,                           -- RFC 3461 4.2 ORCPT "type;xtext"
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        remote TEXT NOT NULL DEFAULT '',      -- the host that gave the last answer
+        delay_notified INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX queue_recipient_due ON queue_recipient (state, next_attempt);
+    CREATE INDEX queue_recipient_message ON queue_recipient (message_id);
+    -- DKIM keys: active ones sign; inactive ones are kept (and listed for DNS) until removed.
+    CREATE TABLE dkim_key (
+        domain TEXT NOT NULL COLLATE NOCASE,
+        selector TEXT NOT NULL COLLATE NOCASE,
+        algorithm TEXT NOT NULL,              -- rsa-sha256 or ed25519-sha256
+        private_key TEXT NOT NULL,            -- PKCS#8 PEM
+        active INTEGER NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (domain, selector)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

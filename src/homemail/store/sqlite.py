@@ -39,6 +39,7 @@ from homemail.store import (
     Changes,
     CopyResult,
     DeliveryTarget,
+    DKIMKey,
     Domain,
     FlagOp,
     FlagUpdate,
@@ -48,7 +49,11 @@ from homemail.store import (
     MailboxStatus,
     MessageInfo,
     NotFound,
+    QueuedMessage,
+    QueuedRecipient,
+    QueueRecipient,
     Recipient,
+    RecipientUpdate,
     Store,
     StoreError,
     StoreResult,
@@ -64,7 +69,11 @@ T = TypeVar("T")
 
 FLAG_BITS: dict[str, int] = {"\\seen": 1, "\\answered": 2, "\\flagged": 4, "\\deleted": 8, "\\draft": 16}
 BIT_FLAGS: tuple[tuple[int, str], ...] = (
-    (1, "\\Seen"), (2, "\\Answered"), (4, "\\Flagged"), (8, "\\Deleted"), (16, "\\Draft"),
+    (1, "\\Seen"),
+    (2, "\\Answered"),
+    (4, "\\Flagged"),
+    (8, "\\Deleted"),
+    (16, "\\Draft"),
 )
 SEEN, DELETED = 1, 8
 MAX_BATCH = 500
@@ -193,7 +202,9 @@ class SQLiteStore(Store):
 
     def _recover(self, db: sqlite3.Connection) -> None:
         def committed(names: list[str]) -> set[str]:
-            rows = db.execute("SELECT id FROM blob WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(names),))
+            rows = db.execute(
+                "SELECT id FROM blob WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(names),)
+            )
             return {r[0] for r in rows}
 
         published, deleted = self.blobs.recover(committed)
@@ -201,8 +212,12 @@ class SQLiteStore(Store):
         self.blobs.delete(trash)
         db.execute("DELETE FROM blob_trash")
         if published or deleted or trash:
-            log.info("store recovery: %d files published, %d unacknowledged removed, %d deleted",
-                     published, deleted, len(trash))
+            log.info(
+                "store recovery: %d files published, %d unacknowledged removed, %d deleted",
+                published,
+                deleted,
+                len(trash),
+            )
 
     async def close(self) -> None:
         if self._poller:
@@ -279,8 +294,10 @@ class SQLiteStore(Store):
         try:
             db.execute("BEGIN IMMEDIATE")
             if self._pending_trash:
-                db.execute("DELETE FROM blob_trash WHERE id IN (SELECT value FROM json_each(?))",
-                            (json.dumps(self._pending_trash),))
+                db.execute(
+                    "DELETE FROM blob_trash WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(self._pending_trash),),
+                )
                 self._pending_trash = []
             for job in batch:
                 job_ctx = _JobContext()
@@ -376,7 +393,9 @@ class SQLiteStore(Store):
 
         def job(db: sqlite3.Connection, ctx: _JobContext) -> Domain:
             try:
-                cur = db.execute("INSERT INTO domain (name, created) VALUES (?, ?)", (domain, int(time.time())))
+                cur = db.execute(
+                    "INSERT INTO domain (name, created) VALUES (?, ?)", (domain, int(time.time()))
+                )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"domain {domain} exists already") from None
             return Domain(int(cur.lastrowid or 0), domain)
@@ -440,8 +459,10 @@ class SQLiteStore(Store):
         addr = addresses.normalize(address)
 
         def job(db: sqlite3.Connection, ctx: _JobContext) -> None:
-            cur = db.execute("UPDATE account SET password_hash = ?, scram_sha256 = ? WHERE address = ?",
-                             (password_hash, scram_sha256, addr))
+            cur = db.execute(
+                "UPDATE account SET password_hash = ?, scram_sha256 = ? WHERE address = ?",
+                (password_hash, scram_sha256, addr),
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"no such user: {addr}")
 
@@ -468,14 +489,18 @@ class SQLiteStore(Store):
             return None
 
         def read(db: sqlite3.Connection) -> Account | None:
-            row = db.execute("SELECT id, address, password_hash, scram_sha256 FROM account WHERE address = ?", (addr,)).fetchone()
+            row = db.execute(
+                "SELECT id, address, password_hash, scram_sha256 FROM account WHERE address = ?", (addr,)
+            ).fetchone()
             return Account(*row) if row else None
 
         return await self._read(read)
 
     async def get_account_by_id(self, account_id: int) -> Account | None:
         def read(db: sqlite3.Connection) -> Account | None:
-            row = db.execute("SELECT id, address, password_hash, scram_sha256 FROM account WHERE id = ?", (account_id,)).fetchone()
+            row = db.execute(
+                "SELECT id, address, password_hash, scram_sha256 FROM account WHERE id = ?", (account_id,)
+            ).fetchone()
             return Account(*row) if row else None
 
         return await self._read(read)
@@ -483,7 +508,9 @@ class SQLiteStore(Store):
     async def list_accounts(self, domain: str | None = None) -> list[Account]:
         def read(db: sqlite3.Connection) -> list[Account]:
             if domain is None:
-                rows = db.execute("SELECT id, address, password_hash, scram_sha256 FROM account ORDER BY address")
+                rows = db.execute(
+                    "SELECT id, address, password_hash, scram_sha256 FROM account ORDER BY address"
+                )
             else:
                 rows = db.execute(
                     "SELECT a.id, a.address, a.password_hash, a.scram_sha256 FROM account a JOIN domain d ON d.id = a.domain_id"
@@ -527,7 +554,9 @@ class SQLiteStore(Store):
 
     async def list_aliases(self) -> list[Alias]:
         return await self._read(
-            lambda db: [Alias(*r) for r in db.execute("SELECT source, target FROM alias ORDER BY source, target")]
+            lambda db: [
+                Alias(*r) for r in db.execute("SELECT source, target FROM alias ORDER BY source, target")
+            ]
         )
 
     async def resolve(self, address: str) -> Recipient | None:
@@ -540,9 +569,14 @@ class SQLiteStore(Store):
     # --- mailboxes ------------------------------------------------------------------------------------------
 
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
-        return await self._read(lambda db: [
-            _mailbox(r) for r in db.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? ORDER BY m.name", (account_id,))
-        ])
+        return await self._read(
+            lambda db: [
+                _mailbox(r)
+                for r in db.execute(
+                    _MAILBOX_SELECT + " WHERE m.account_id = ? ORDER BY m.name", (account_id,)
+                )
+            ]
+        )
 
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
         return await self._read(_get_mailbox, account_id, name)
@@ -609,10 +643,12 @@ class SQLiteStore(Store):
                 (account_id, old, len(prefix), prefix),
             ).fetchall()
             for mid, name in rows:
-                renamed = new + name[len(old):]
+                renamed = new + name[len(old) :]
                 db.execute("UPDATE mailbox SET name = ? WHERE id = ?", (renamed, mid))
-                db.execute("UPDATE subscription SET name = ? WHERE account_id = ? AND name = ?",
-                           (renamed, account_id, name))
+                db.execute(
+                    "UPDATE subscription SET name = ? WHERE account_id = ? AND name = ?",
+                    (renamed, account_id, name),
+                )
                 ctx.touched.add(mid)
 
         await self._write(job)
@@ -629,22 +665,35 @@ class SQLiteStore(Store):
         await self._write(job)
 
     async def list_subscriptions(self, account_id: int) -> list[str]:
-        return await self._read(lambda db: [
-            r[0] for r in db.execute("SELECT name FROM subscription WHERE account_id = ? ORDER BY name", (account_id,))
-        ])
+        return await self._read(
+            lambda db: [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM subscription WHERE account_id = ? ORDER BY name", (account_id,)
+                )
+            ]
+        )
 
     async def mailbox_status(self, account_id: int, mailbox_id: int) -> MailboxStatus:
         def read(db: sqlite3.Connection) -> MailboxStatus:
             mb = _own_mailbox(db, account_id, mailbox_id)
-            first_recent = db.execute("SELECT first_recent_uid FROM mailbox WHERE id = ?", (mailbox_id,)).fetchone()[0]
+            first_recent = db.execute(
+                "SELECT first_recent_uid FROM mailbox WHERE id = ?", (mailbox_id,)
+            ).fetchone()[0]
             row = db.execute(
                 "SELECT count(*), total(flags & 1 = 0), total(flags & 8 != 0), total(size), total(uid >= ?),"
                 " min(CASE WHEN flags & 1 = 0 THEN uid END) FROM message WHERE mailbox_id = ?",
                 (first_recent, mailbox_id),
             ).fetchone()
             return MailboxStatus(
-                messages=row[0], unseen=int(row[1]), deleted=int(row[2]), size=int(row[3]), recent=int(row[4]),
-                uidnext=mb.uidnext, uidvalidity=mb.uidvalidity, highestmodseq=mb.highestmodseq,
+                messages=row[0],
+                unseen=int(row[1]),
+                deleted=int(row[2]),
+                size=int(row[3]),
+                recent=int(row[4]),
+                uidnext=mb.uidnext,
+                uidvalidity=mb.uidvalidity,
+                highestmodseq=mb.highestmodseq,
                 first_unseen_uid=row[5],
             )
 
@@ -653,8 +702,12 @@ class SQLiteStore(Store):
     async def mailbox_keywords(self, account_id: int, mailbox_id: int) -> list[str]:
         def read(db: sqlite3.Connection) -> list[str]:
             _own_mailbox(db, account_id, mailbox_id)
-            return [r[0] for r in db.execute("SELECT name FROM keyword WHERE mailbox_id = ? ORDER BY name",
-                                             (mailbox_id,))]
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM keyword WHERE mailbox_id = ? ORDER BY name", (mailbox_id,)
+                )
+            ]
 
         return await self._read(read)
 
@@ -700,8 +753,12 @@ class SQLiteStore(Store):
     async def list_uids(self, account_id: int, mailbox_id: int) -> list[int]:
         def read(db: sqlite3.Connection) -> list[int]:
             _own_mailbox(db, account_id, mailbox_id)
-            return [r[0] for r in db.execute("SELECT uid FROM message WHERE mailbox_id = ? ORDER BY uid",
-                                             (mailbox_id,))]
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT uid FROM message WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+                )
+            ]
 
         return await self._read(read)
 
@@ -714,7 +771,8 @@ class SQLiteStore(Store):
                 rows = db.execute(_MESSAGE_SELECT + " WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,))
             else:
                 rows = db.execute(
-                    _MESSAGE_SELECT + " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
+                    _MESSAGE_SELECT
+                    + " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
                     (mailbox_id, json.dumps(list(uids))),
                 )
             return [_message(r) for r in rows]
@@ -725,8 +783,10 @@ class SQLiteStore(Store):
         from homemail.message import ParsedMessage
 
         def read(db: sqlite3.Connection) -> dict[str, ParsedMessage]:
-            rows = db.execute("SELECT id, parsed FROM blob WHERE id IN (SELECT value FROM json_each(?))",
-                              (json.dumps(list(blob_ids)),))
+            rows = db.execute(
+                "SELECT id, parsed FROM blob WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(blob_ids)),),
+            )
             return {r[0]: ParsedMessage.from_json(r[1]) for r in rows}
 
         return await self._read(read)
@@ -740,10 +800,20 @@ class SQLiteStore(Store):
     async def changes(self, account_id: int, mailbox_id: int, since_modseq: int) -> Changes:
         def read(db: sqlite3.Connection) -> Changes:
             mb = _own_mailbox(db, account_id, mailbox_id)
-            changed = [_message(r) for r in db.execute(
-                _MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, since_modseq))]
-            expunged = [r[0] for r in db.execute(
-                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (mailbox_id, since_modseq))]
+            changed = [
+                _message(r)
+                for r in db.execute(
+                    _MESSAGE_SELECT + " WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                    (mailbox_id, since_modseq),
+                )
+            ]
+            expunged = [
+                r[0]
+                for r in db.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                    (mailbox_id, since_modseq),
+                )
+            ]
             return Changes(mb.highestmodseq, changed, expunged)
 
         return await self._read(read)
@@ -751,8 +821,9 @@ class SQLiteStore(Store):
     async def claim_recent(self, account_id: int, mailbox_id: int) -> int:
         def job(db: sqlite3.Connection, ctx: _JobContext) -> int:
             _own_mailbox(db, account_id, mailbox_id)
-            first, uidnext = db.execute("SELECT first_recent_uid, uidnext FROM mailbox WHERE id = ?",
-                                        (mailbox_id,)).fetchone()
+            first, uidnext = db.execute(
+                "SELECT first_recent_uid, uidnext FROM mailbox WHERE id = ?", (mailbox_id,)
+            ).fetchone()
             if first != uidnext:
                 db.execute("UPDATE mailbox SET first_recent_uid = uidnext WHERE id = ?", (mailbox_id,))
             return int(first)
@@ -769,19 +840,167 @@ class SQLiteStore(Store):
         unchangedsince: int | None = None,
     ) -> StoreResult:
         bits, keywords = split_flags(flags)
-        return await self._write(_store_job, account_id, mailbox_id, list(uids), op, bits, keywords, unchangedsince)
+        return await self._write(
+            _store_job, account_id, mailbox_id, list(uids), op, bits, keywords, unchangedsince
+        )
 
-    async def copy(self, account_id: int, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+    async def copy(
+        self, account_id: int, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int
+    ) -> CopyResult:
         return await self._write(_copy_job, account_id, mailbox_id, list(uids), dest_mailbox_id, False)
 
-    async def move(self, account_id: int, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+    async def move(
+        self, account_id: int, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int
+    ) -> CopyResult:
         return await self._write(_copy_job, account_id, mailbox_id, list(uids), dest_mailbox_id, True)
 
     async def expunge(self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        return await self._write(_expunge_job, account_id, mailbox_id, None if uids is None else list(uids), True)
+        return await self._write(
+            _expunge_job, account_id, mailbox_id, None if uids is None else list(uids), True
+        )
 
     async def remove_messages(self, account_id: int, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         return await self._write(_expunge_job, account_id, mailbox_id, list(uids), False)
+
+    # --- the outbound queue --------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        data: bytes,
+        sender: str,
+        recipients: Sequence[QueueRecipient],
+        local_targets: Sequence[DeliveryTarget] = (),
+        account_id: int | None = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        smtputf8: bool = False,
+        body8bit: bool = False,
+    ) -> tuple[int, list[tuple[int, int]]]:
+        if not recipients and not local_targets:
+            raise Invalid("nothing to deliver or queue")
+        head = (sender, account_id, envid, ret, smtputf8, body8bit, time.time())
+        when = datetime.now(UTC).astimezone()
+        return await self._store_new(data, _enqueue_job, head, list(recipients), list(local_targets), when)
+
+    async def queue_due(self, now: float, limit: int, exclude: Iterable[int] = ()) -> list[QueuedMessage]:
+        skip = json.dumps(list(exclude))
+
+        def read(db: sqlite3.Connection) -> list[QueuedMessage]:
+            rows = db.execute(
+                _RCPT_SELECT + " WHERE state IN ('queued', 'bounce') AND next_attempt <= ?"
+                " AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY message_id, id LIMIT ?",
+                (now, skip, limit),
+            ).fetchall()
+            return _queued_messages(db, [_queued_recipient(r) for r in rows])
+
+        return await self._read(read)
+
+    async def queue_next_attempt(self) -> float | None:
+        def read(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT min(next_attempt) FROM queue_recipient WHERE state IN ('queued', 'bounce')"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._read(read)
+
+    async def queue_update(self, updates: Sequence[RecipientUpdate]) -> None:
+        if updates:
+            await self._write(_queue_update_job, list(updates))
+
+    async def queue_list(self) -> list[QueuedMessage]:
+        def read(db: sqlite3.Connection) -> list[QueuedMessage]:
+            rows = db.execute(_RCPT_SELECT + " ORDER BY message_id, id").fetchall()
+            return _queued_messages(db, [_queued_recipient(r) for r in rows])
+
+        return await self._read(read)
+
+    async def queue_get(self, message_id: int) -> QueuedMessage | None:
+        def read(db: sqlite3.Connection) -> QueuedMessage | None:
+            rows = db.execute(_RCPT_SELECT + " WHERE message_id = ? ORDER BY id", (message_id,)).fetchall()
+            found = _queued_messages(db, [_queued_recipient(r) for r in rows])
+            return found[0] if found else None
+
+        return await self._read(read)
+
+    async def queue_reschedule(self, message_id: int | None, when: float) -> int:
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> int:
+            if message_id is None:
+                cur = db.execute(
+                    "UPDATE queue_recipient SET next_attempt = ? WHERE state = 'queued'", (when,)
+                )
+            else:
+                _queue_message_exists(db, message_id)
+                cur = db.execute(
+                    "UPDATE queue_recipient SET next_attempt = ? WHERE state = 'queued' AND message_id = ?",
+                    (when, message_id),
+                )
+            return cur.rowcount
+
+        return await self._write(job)
+
+    async def queue_bounce(self, message_id: int, reason: str) -> int:
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> int:
+            _queue_message_exists(db, message_id)
+            cur = db.execute(
+                "UPDATE queue_recipient SET state = 'bounce', next_attempt = 0, last_error = ?"
+                " WHERE state = 'queued' AND message_id = ?",
+                (reason, message_id),
+            )
+            return cur.rowcount
+
+        return await self._write(job)
+
+    async def queue_delete(self, message_id: int) -> None:
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> None:
+            _queue_message_exists(db, message_id)
+            _drop_queue_message(db, ctx, message_id)
+
+        await self._write(job)
+
+    # --- DKIM keys ---------------------------------------------------------------------------------------
+
+    async def dkim_keys(self, domain: str | None = None) -> list[DKIMKey]:
+        def read(db: sqlite3.Connection) -> list[DKIMKey]:
+            sql = "SELECT domain, selector, algorithm, private_key, active, created FROM dkim_key"
+            if domain is None:
+                rows = db.execute(sql + " ORDER BY domain, created DESC, selector")
+            else:
+                rows = db.execute(
+                    sql + " WHERE domain = ? ORDER BY created DESC, selector",
+                    (addresses.normalize_domain(domain),),
+                )
+            return [DKIMKey(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+        return await self._read(read)
+
+    async def add_dkim_keys(self, keys: Sequence[DKIMKey], retire_active: bool = False) -> None:
+        items = [(addresses.normalize_domain(k.domain), k) for k in keys]
+
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> None:
+            if retire_active:
+                for domain in {d for d, _ in items}:
+                    db.execute("UPDATE dkim_key SET active = 0 WHERE domain = ?", (domain,))
+            for domain, k in items:
+                try:
+                    db.execute(
+                        "INSERT INTO dkim_key VALUES (?, ?, ?, ?, 1, ?)",
+                        (domain, k.selector, k.algorithm, k.private_key, k.created or time.time()),
+                    )
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(f"selector {k.selector} of {domain} exists already") from None
+
+        await self._write(job)
+
+    async def remove_dkim_key(self, domain: str, selector: str) -> None:
+        d = addresses.normalize_domain(domain)
+
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> None:
+            cur = db.execute("DELETE FROM dkim_key WHERE domain = ? AND selector = ?", (d, selector))
+            if cur.rowcount == 0:
+                raise NotFound(f"no DKIM key {selector} for {d}")
+
+        await self._write(job)
 
 
 # --- SQL helpers (run in the reader or writer threads) --------------------------------------------------------
@@ -791,7 +1010,9 @@ _MAILBOX_SELECT = (
     " EXISTS (SELECT 1 FROM subscription s WHERE s.account_id = m.account_id AND s.name = m.name)"
     " FROM mailbox m"
 )
-_MESSAGE_SELECT = "SELECT uid, flags, keywords, internaldate, internaldate_tz, size, modseq, blob_id FROM message"
+_MESSAGE_SELECT = (
+    "SELECT uid, flags, keywords, internaldate, internaldate_tz, size, modseq, blob_id FROM message"
+)
 
 
 def _like_escape(s: str) -> str:
@@ -808,19 +1029,26 @@ def _message(r: Sequence[Any]) -> MessageInfo:
 
 def _get_mailbox(db: sqlite3.Connection, account_id: int, name: str) -> Mailbox | None:
     if name.startswith("\\"):
-        row = db.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? AND m.special_use = ? COLLATE NOCASE"
-                         " ORDER BY m.id LIMIT 1", (account_id, name)).fetchone()
+        row = db.execute(
+            _MAILBOX_SELECT + " WHERE m.account_id = ? AND m.special_use = ? COLLATE NOCASE"
+            " ORDER BY m.id LIMIT 1",
+            (account_id, name),
+        ).fetchone()
     else:
         if name.upper() == "INBOX":
             name = "INBOX"
         elif name[:6].upper() == "INBOX" + HIERARCHY_DELIMITER:
             name = "INBOX" + name[5:]
-        row = db.execute(_MAILBOX_SELECT + " WHERE m.account_id = ? AND m.name = ?", (account_id, name)).fetchone()
+        row = db.execute(
+            _MAILBOX_SELECT + " WHERE m.account_id = ? AND m.name = ?", (account_id, name)
+        ).fetchone()
     return _mailbox(row) if row else None
 
 
 def _own_mailbox(db: sqlite3.Connection, account_id: int, mailbox_id: int) -> Mailbox:
-    row = db.execute(_MAILBOX_SELECT + " WHERE m.id = ? AND m.account_id = ?", (mailbox_id, account_id)).fetchone()
+    row = db.execute(
+        _MAILBOX_SELECT + " WHERE m.id = ? AND m.account_id = ?", (mailbox_id, account_id)
+    ).fetchone()
     if row is None:
         raise NotFound("no such mailbox")
     return _mailbox(row)
@@ -856,22 +1084,52 @@ def _add_keywords(db: sqlite3.Connection, mailbox_id: int, keywords: Iterable[st
     db.executemany("INSERT OR IGNORE INTO keyword VALUES (?, ?)", [(mailbox_id, k) for k in keywords])
 
 
-def _insert_blob(db: sqlite3.Connection, ctx: _JobContext, blob_id: str, size: int, parsed: bytes, sha: str,
-                 refcount: int) -> None:
-    db.execute("INSERT INTO blob VALUES (?, ?, ?, ?, ?, ?)", (blob_id, size, sha, refcount, parsed, int(time.time())))
+def _insert_blob(
+    db: sqlite3.Connection, ctx: _JobContext, blob_id: str, size: int, parsed: bytes, sha: str, refcount: int
+) -> None:
+    db.execute(
+        "INSERT INTO blob VALUES (?, ?, ?, ?, ?, ?)", (blob_id, size, sha, refcount, parsed, int(time.time()))
+    )
     ctx.new_blobs.append(blob_id)
 
 
-def _insert_message(db: sqlite3.Connection, mailbox_id: int, uid: int, blob_id: str, bits: int,
-                    keywords: Sequence[str], when: datetime, size: int, modseq: int) -> None:
+def _insert_message(
+    db: sqlite3.Connection,
+    mailbox_id: int,
+    uid: int,
+    blob_id: str,
+    bits: int,
+    keywords: Sequence[str],
+    when: datetime,
+    size: int,
+    modseq: int,
+) -> None:
     db.execute(
         "INSERT INTO message VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (mailbox_id, uid, blob_id, bits, " ".join(keywords), int(when.timestamp()), _tz_minutes(when), size, modseq),
+        (
+            mailbox_id,
+            uid,
+            blob_id,
+            bits,
+            " ".join(keywords),
+            int(when.timestamp()),
+            _tz_minutes(when),
+            size,
+            modseq,
+        ),
     )
 
 
-def _deliver_job(db: sqlite3.Connection, ctx: _JobContext, blob_id: str, size: int, parsed: bytes, sha: str,
-                 targets: list[DeliveryTarget], when: datetime) -> list[tuple[int, int]]:
+def _deliver_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    blob_id: str,
+    size: int,
+    parsed: bytes,
+    sha: str,
+    targets: list[DeliveryTarget],
+    when: datetime,
+) -> list[tuple[int, int]]:
     placed: list[tuple[int, int]] = []
     seen: set[int] = set()
     resolved: list[tuple[int, DeliveryTarget]] = []
@@ -893,8 +1151,19 @@ def _deliver_job(db: sqlite3.Connection, ctx: _JobContext, blob_id: str, size: i
     return placed
 
 
-def _append_job(db: sqlite3.Connection, ctx: _JobContext, blob_id: str, size: int, parsed: bytes, sha: str,
-                account_id: int, mailbox_id: int, bits: int, keywords: list[str], when: datetime) -> tuple[int, int]:
+def _append_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    blob_id: str,
+    size: int,
+    parsed: bytes,
+    sha: str,
+    account_id: int,
+    mailbox_id: int,
+    bits: int,
+    keywords: list[str],
+    when: datetime,
+) -> tuple[int, int]:
     mb = _own_mailbox(db, account_id, mailbox_id)
     _insert_blob(db, ctx, blob_id, size, parsed, sha, 1)
     uid, modseq = _bump(db, mailbox_id, 1)
@@ -904,8 +1173,17 @@ def _append_job(db: sqlite3.Connection, ctx: _JobContext, blob_id: str, size: in
     return mb.uidvalidity, uid
 
 
-def _store_job(db: sqlite3.Connection, ctx: _JobContext, account_id: int, mailbox_id: int, uids: list[int],
-               op: FlagOp, bits: int, keywords: list[str], unchangedsince: int | None) -> StoreResult:
+def _store_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    account_id: int,
+    mailbox_id: int,
+    uids: list[int],
+    op: FlagOp,
+    bits: int,
+    keywords: list[str],
+    unchangedsince: int | None,
+) -> StoreResult:
     _own_mailbox(db, account_id, mailbox_id)
     rows = db.execute(
         "SELECT uid, flags, keywords, modseq FROM message WHERE mailbox_id = ?"
@@ -936,16 +1214,18 @@ def _store_job(db: sqlite3.Connection, ctx: _JobContext, account_id: int, mailbo
         changes.append((new_bits, " ".join(new_keywords), modseq, mailbox_id, uid))
         updated.append(FlagUpdate(uid, join_flags(new_bits, " ".join(new_keywords)), modseq))
     if changes:
-        db.executemany("UPDATE message SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-                       changes)
+        db.executemany(
+            "UPDATE message SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?", changes
+        )
         if op is not FlagOp.REMOVE:
             _add_keywords(db, mailbox_id, keywords)
         ctx.touched.add(mailbox_id)
     return StoreResult(updated, modified)
 
 
-def _copy(db: sqlite3.Connection, ctx: _JobContext, mailbox_id: int, uids: list[int], dest_id: int,
-          move: bool) -> CopyResult:
+def _copy(
+    db: sqlite3.Connection, ctx: _JobContext, mailbox_id: int, uids: list[int], dest_id: int, move: bool
+) -> CopyResult:
     rows = db.execute(
         "SELECT uid, blob_id, flags, keywords, internaldate, internaldate_tz, size FROM message"
         " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
@@ -973,8 +1253,15 @@ def _copy(db: sqlite3.Connection, ctx: _JobContext, mailbox_id: int, uids: list[
     return CopyResult(uidvalidity, pairs)
 
 
-def _copy_job(db: sqlite3.Connection, ctx: _JobContext, account_id: int, mailbox_id: int, uids: list[int],
-              dest_id: int, move: bool) -> CopyResult:
+def _copy_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    account_id: int,
+    mailbox_id: int,
+    uids: list[int],
+    dest_id: int,
+    move: bool,
+) -> CopyResult:
     _own_mailbox(db, account_id, mailbox_id)
     _own_mailbox(db, account_id, dest_id)
     if move and dest_id == mailbox_id:
@@ -982,14 +1269,23 @@ def _copy_job(db: sqlite3.Connection, ctx: _JobContext, account_id: int, mailbox
     return _copy(db, ctx, mailbox_id, uids, dest_id, move)
 
 
-def _remove(db: sqlite3.Connection, ctx: _JobContext, mailbox_id: int, victims: list[tuple[int, str]],
-            adjust_refs: bool = True) -> None:
+def _remove(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    mailbox_id: int,
+    victims: list[tuple[int, str]],
+    adjust_refs: bool = True,
+) -> None:
     """Delete message rows, remember the UIDs as expunged, release their files."""
     if not victims:
         return
     _, modseq = _bump(db, mailbox_id)
-    db.executemany("DELETE FROM message WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, u) for u, _ in victims])
-    db.executemany("INSERT OR REPLACE INTO expunged VALUES (?, ?, ?)", [(mailbox_id, u, modseq) for u, _ in victims])
+    db.executemany(
+        "DELETE FROM message WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, u) for u, _ in victims]
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO expunged VALUES (?, ?, ?)", [(mailbox_id, u, modseq) for u, _ in victims]
+    )
     if adjust_refs:
         _release_blobs(db, ctx, [b for _, b in victims])
     ctx.touched.add(mailbox_id)
@@ -999,22 +1295,36 @@ def _release_blobs(db: sqlite3.Connection, ctx: _JobContext, blob_ids: list[str]
     counts: dict[str, int] = {}
     for b in blob_ids:
         counts[b] = counts.get(b, 0) + 1
-    db.executemany("UPDATE blob SET refcount = refcount - ? WHERE id = ?", [(n, b) for b, n in counts.items()])
-    dead = [r[0] for r in db.execute(
-        "SELECT id FROM blob WHERE refcount <= 0 AND id IN (SELECT value FROM json_each(?))", (json.dumps(list(counts)),))]
+    db.executemany(
+        "UPDATE blob SET refcount = refcount - ? WHERE id = ?", [(n, b) for b, n in counts.items()]
+    )
+    dead = [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM blob WHERE refcount <= 0 AND id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(counts)),),
+        )
+    ]
     if dead:
         db.executemany("DELETE FROM blob WHERE id = ?", [(b,) for b in dead])
         db.executemany("INSERT OR IGNORE INTO blob_trash VALUES (?)", [(b,) for b in dead])
         ctx.trash += dead
 
 
-def _expunge_job(db: sqlite3.Connection, ctx: _JobContext, account_id: int, mailbox_id: int,
-                 uids: list[int] | None, deleted_only: bool) -> list[int]:
+def _expunge_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    account_id: int,
+    mailbox_id: int,
+    uids: list[int] | None,
+    deleted_only: bool,
+) -> list[int]:
     _own_mailbox(db, account_id, mailbox_id)
     cond = " AND flags & 8 != 0" if deleted_only else ""
     if uids is None:
-        rows = db.execute(f"SELECT uid, blob_id FROM message WHERE mailbox_id = ?{cond} ORDER BY uid",
-                          (mailbox_id,)).fetchall()
+        rows = db.execute(
+            f"SELECT uid, blob_id FROM message WHERE mailbox_id = ?{cond} ORDER BY uid", (mailbox_id,)
+        ).fetchall()
     else:
         rows = db.execute(
             f"SELECT uid, blob_id FROM message WHERE mailbox_id = ?{cond}"
@@ -1033,6 +1343,124 @@ def _drop_mailbox_messages(db: sqlite3.Connection, ctx: _JobContext, mailbox_id:
         _release_blobs(db, ctx, blob_ids)
 
 
+_RCPT_SELECT = (
+    "SELECT id, message_id, address, notify, orcpt, state, attempts, next_attempt, last_error, remote,"
+    " delay_notified FROM queue_recipient"
+)
+
+
+def _queued_recipient(r: Sequence[Any]) -> QueuedRecipient:
+    notify = tuple(r[3].split(",")) if r[3] else None
+    return QueuedRecipient(r[0], r[1], r[2], notify, r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]))
+
+
+def _queued_messages(db: sqlite3.Connection, rcpts: list[QueuedRecipient]) -> list[QueuedMessage]:
+    by_message: dict[int, list[QueuedRecipient]] = {}
+    for rc in rcpts:
+        by_message.setdefault(rc.message_id, []).append(rc)
+    rows = db.execute(
+        "SELECT id, sender, blob_id, size, created, account_id, envid, ret, smtputf8, body8bit FROM queue_message"
+        " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        (json.dumps(list(by_message)),),
+    )
+    return [
+        QueuedMessage(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]), tuple(by_message[r[0]])
+        )
+        for r in rows
+    ]
+
+
+def _queue_message_exists(db: sqlite3.Connection, message_id: int) -> None:
+    if db.execute("SELECT 1 FROM queue_message WHERE id = ?", (message_id,)).fetchone() is None:
+        raise NotFound(f"no queued message {message_id}")
+
+
+def _drop_queue_message(db: sqlite3.Connection, ctx: _JobContext, message_id: int) -> None:
+    row = db.execute("DELETE FROM queue_message WHERE id = ? RETURNING blob_id", (message_id,)).fetchone()
+    if row is not None:
+        db.execute("DELETE FROM queue_recipient WHERE message_id = ?", (message_id,))
+        _release_blobs(db, ctx, [row[0]])
+
+
+def _enqueue_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    blob_id: str,
+    size: int,
+    parsed: bytes,
+    sha: str,
+    head: tuple[Any, ...],
+    recipients: list[QueueRecipient],
+    targets: list[DeliveryTarget],
+    when: datetime,
+) -> tuple[int, list[tuple[int, int]]]:
+    sender, account_id, envid, ret, smtputf8, body8bit, now = head
+    placed = _deliver_job(db, ctx, blob_id, size, parsed, sha, targets, when) if targets else []
+    if not recipients:
+        return 0, placed
+    if targets:
+        db.execute("UPDATE blob SET refcount = refcount + 1 WHERE id = ?", (blob_id,))
+    else:
+        _insert_blob(db, ctx, blob_id, size, parsed, sha, 1)
+    cur = db.execute(
+        "INSERT INTO queue_message (sender, blob_id, size, created, account_id, envid, ret, smtputf8, body8bit)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (sender, blob_id, size, now, account_id, envid, ret, int(smtputf8), int(body8bit)),
+    )
+    message_id = int(cur.lastrowid or 0)
+    seen: set[str] = set()
+    rows = []
+    for rc in recipients:
+        if rc.address.lower() in seen:
+            continue
+        seen.add(rc.address.lower())
+        rows.append(
+            (
+                message_id,
+                rc.address,
+                rc.address.rpartition("@")[2].lower(),
+                ",".join(rc.notify) if rc.notify else None,
+                rc.orcpt,
+                now,
+            )
+        )
+    db.executemany(
+        "INSERT INTO queue_recipient (message_id, address, domain, notify, orcpt, next_attempt)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return message_id, placed
+
+
+def _queue_update_job(db: sqlite3.Connection, ctx: _JobContext, updates: list[RecipientUpdate]) -> None:
+    messages: set[int] = set()
+    for u in updates:
+        row = db.execute(
+            "UPDATE queue_recipient SET state = ?, next_attempt = ?, last_error = ?, remote = ?,"
+            " attempts = attempts + ?, delay_notified = coalesce(?, delay_notified) WHERE id = ?"
+            " RETURNING message_id",
+            (
+                u.state,
+                u.next_attempt,
+                u.last_error,
+                u.remote,
+                int(u.attempted),
+                None if u.delay_notified is None else int(u.delay_notified),
+                u.id,
+            ),
+        ).fetchone()
+        if row is not None:
+            messages.add(row[0])
+    for message_id in messages:
+        waiting = db.execute(
+            "SELECT 1 FROM queue_recipient WHERE message_id = ? AND state IN ('queued', 'bounce') LIMIT 1",
+            (message_id,),
+        ).fetchone()
+        if waiting is None:
+            _drop_queue_message(db, ctx, message_id)
+
+
 def _resolve(db: sqlite3.Connection, address: str) -> Recipient | None:
     """Expand aliases (recursively, loop-safe), then the account, ``local+tag``, then the catch-all."""
     accounts: dict[int, Account] = {}
@@ -1040,7 +1468,9 @@ def _resolve(db: sqlite3.Connection, address: str) -> Recipient | None:
     visited: set[str] = set()
 
     def account(addr: str) -> Account | None:
-        row = db.execute("SELECT id, address, password_hash, scram_sha256 FROM account WHERE address = ?", (addr,)).fetchone()
+        row = db.execute(
+            "SELECT id, address, password_hash, scram_sha256 FROM account WHERE address = ?", (addr,)
+        ).fetchone()
         return Account(*row) if row else None
 
     def aliases(source: str) -> list[str]:

@@ -34,8 +34,10 @@ def folder_dir(root: Path, mailbox: str) -> Path:
 
 def file_name(index: int, info: MessageInfo, keywords: list[str], hostname: str, file_size: int) -> str:
     """Dovecot's naming: S= is the size of the file, W= the size with CRLF line endings (RFC822.SIZE)."""
-    letters = sorted([FLAG_LETTERS[f] for f in info.flags if f in FLAG_LETTERS]
-                     + [KEYWORD_LETTERS[keywords.index(k)] for k in info.flags if k in keywords[:26]])
+    letters = sorted(
+        [FLAG_LETTERS[f] for f in info.flags if f in FLAG_LETTERS]
+        + [KEYWORD_LETTERS[keywords.index(k)] for k in info.flags if k in keywords[:26]]
+    )
     when = int(info.internaldate.timestamp())
     return f"{when}.M{info.uid}P{os.getpid()}Q{index}.{hostname},S={file_size},W={info.size}:2,{''.join(letters)}"
 

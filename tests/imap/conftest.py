@@ -1,0 +1,1 @@
+from imap.imaputil import server, user  # noqa: F401  (fixtures)

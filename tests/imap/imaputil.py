@@ -1,0 +1,81 @@
+"""Fixtures for the IMAP tests: one server per test module (IMAP, IMAPS and SMTP on loopback), and a fresh
+account per test, made directly in the store (one argon2 hash for all of them, so this costs milliseconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import ServerProcess
+
+PASSWORD = "password"
+DOMAIN = "example.test"
+_counter = itertools.count(1)
+
+
+@functools.cache
+def _hashes() -> tuple[str, str]:
+    from homemail.auth import hash_password
+
+    return hash_password(PASSWORD)
+
+
+def add_accounts(server: ServerProcess, addresses: list[str]) -> None:
+    from homemail.store.sqlite import SQLiteStore
+
+    async def run() -> None:
+        store = SQLiteStore(server.data_dir, fsync=False)
+        await store.open()
+        try:
+            if DOMAIN not in {d.name for d in await store.list_domains()}:
+                await store.add_domain(DOMAIN)
+            pw, scram = _hashes()
+            for a in addresses:
+                await store.add_account(a, pw, scram)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def start_server(root: Path, **config: object) -> ServerProcess:
+    table = {"storage": {"fsync": False}}
+    table.update(config)  # type: ignore[arg-type]
+    server = ServerProcess(root=root, listeners=("imap", "imaps", "smtp"), config=table)
+    add_accounts(server, [])
+    return server.start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("imap"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def user(server: ServerProcess) -> str:
+    """A new account with the default folders and nothing in them."""
+    address = f"user{next(_counter)}@{DOMAIN}"
+    add_accounts(server, [address])
+    return address
+
+
+def message(
+    subject: str = "hello",
+    body: str = "Hello, world.",
+    sender: str = "Bob <bob@example.org>",
+    to: str = "alice@example.test",
+    date: str = "Mon, 1 Jan 2024 10:00:00 +0000",
+    extra: str = "",
+) -> bytes:
+    text = (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n{extra}"
+        f"Message-ID: <{next(_counter)}@example.org>\r\n\r\n{body}\r\n"
+    )
+    return text.encode()
