@@ -86,8 +86,8 @@ class Server:
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as e:
-                if e.name != module_name:
-                    raise
+                if e.name is None or not (module_name + ".").startswith(e.name + "."):
+                    raise  # a missing dependency inside the module, not the module itself
                 log.warning("listen.%s: this homemail has no %s server yet; not listening", key, key)
                 continue
             server = await module.start_listener(services, endpoint, mode)
