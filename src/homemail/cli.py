@@ -254,6 +254,158 @@ async def export_cmd(store: Store, address: str, directory: str) -> None:
     click.echo(f"exported {sum(counts.values())} messages in {len(counts)} folders to {directory}")
 
 
+# --- outbound queue ------------------------------------------------------------------------------------------
+
+
+@main.group()
+def queue() -> None:
+    """Inspect and steer the outbound queue (a running server picks up changes within its poll interval)."""
+
+
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+@queue.command("list")
+@with_store
+async def queue_list(store: Store) -> None:
+    messages = await store.queue_list()
+    for m in messages:
+        click.echo(f"{m.id:>6}  {_when(m.created)}  {m.size:>9}  <{m.sender}>")
+        for r in m.recipients:
+            state = r.state if r.state != "queued" else f"next {_when(r.next_attempt)}"
+            click.echo(f"        <{r.address}>  {state}  attempts {r.attempts}  {r.last_error}")
+    click.echo(f"{len(messages)} message(s) queued")
+
+
+@queue.command("show")
+@click.argument("message_id", type=int)
+@with_store
+async def queue_show(store: Store, message_id: int) -> None:
+    m = await store.queue_get(message_id)
+    if m is None:
+        fail(f"no queued message {message_id}")
+        return
+    click.echo(f"id: {m.id}\nsender: <{m.sender}>\nqueued: {_when(m.created)}\nsize: {m.size}")
+    for r in m.recipients:
+        click.echo(
+            f"recipient: <{r.address}> state={r.state} attempts={r.attempts} next={_when(r.next_attempt)}"
+            f" remote={r.remote or '-'} last={r.last_error or '-'}"
+        )
+    data = await store.read_blob(m.blob_id)
+    click.echo("")
+    click.echo(data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").replace("\r\n", "\n"))
+
+
+@queue.command("retry")
+@click.argument("message_id", type=int, required=False)
+@with_store
+async def queue_retry(store: Store, message_id: int | None) -> None:
+    """Attempt now (one message, or all)."""
+    import time
+
+    n = await store.queue_reschedule(message_id, time.time())
+    click.echo(f"{n} recipient(s) scheduled for now")
+
+
+@queue.command("delete")
+@click.argument("message_id", type=int)
+@with_store
+async def queue_delete(store: Store, message_id: int) -> None:
+    """Drop a message without telling its sender."""
+    await store.queue_delete(message_id)
+    click.echo(f"deleted {message_id}")
+
+
+@queue.command("bounce")
+@click.argument("message_id", type=int)
+@click.option("--reason", default="Returned by the administrator", show_default=True)
+@with_store
+async def queue_bounce(store: Store, message_id: int, reason: str) -> None:
+    """Give up on a message: its sender gets a failure notice."""
+    n = await store.queue_bounce(message_id, reason)
+    click.echo(f"{n} recipient(s) will be returned to the sender")
+
+
+# --- DKIM keys ---------------------------------------------------------------------------------------------
+
+
+@main.group("dkim")
+def dkim_group() -> None:
+    """DKIM signing keys: each domain signs with an RSA-2048 and an Ed25519 key."""
+
+
+async def _new_dkim_keys(store: Store, domain: str, retire: bool) -> None:
+    import time
+
+    from homemail.mailauth import dkim
+    from homemail.store import DKIMKey
+
+    domain = domain.lower().rstrip(".")
+    if not await store.is_local_domain(domain):
+        fail(f"unknown domain {domain}: add it first with 'homemail domain add'")
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    taken = {k.selector for k in await store.dkim_keys(domain)}
+    keys = []
+    for algorithm, suffix in ((dkim.RSA, "r"), (dkim.ED25519, "e")):
+        selector = f"hm{stamp}{suffix}"
+        if selector in taken:
+            fail(f"selector {selector} exists already; try again in a second")
+        keys.append(DKIMKey(domain, selector, algorithm, dkim.generate_key(algorithm), True, time.time()))
+    await store.add_dkim_keys(keys, retire_active=retire)
+    await _show_dkim(store, domain)
+
+
+async def _show_dkim(store: Store, domain: str) -> None:
+    from homemail.mailauth import dkim
+
+    keys = await store.dkim_keys(domain.lower().rstrip("."))
+    if not keys:
+        fail(f"{domain} has no DKIM keys: create them with 'homemail dkim keygen {domain}'")
+    for k in keys:
+        state = "signing" if k.active else "retired: keep it published for a few days, then remove it"
+        click.echo(f"; {k.selector} ({k.algorithm}) {state}")
+        click.echo(dkim.zone_line(k.selector, k.domain, k.private_key))
+
+
+@dkim_group.command("keygen")
+@click.argument("domain")
+@with_store
+async def dkim_keygen(store: Store, domain: str) -> None:
+    """Create the domain's first keys and print the DNS records to publish."""
+    if any(k.active for k in await store.dkim_keys(domain.lower())):
+        fail(f"{domain} has keys already: use 'homemail dkim rotate {domain}' for new ones")
+    await _new_dkim_keys(store, domain, retire=False)
+
+
+@dkim_group.command("rotate")
+@click.argument("domain")
+@with_store
+async def dkim_rotate(store: Store, domain: str) -> None:
+    """Sign with new keys from now on; the old ones stay listed (still to publish) until removed."""
+    await _new_dkim_keys(store, domain, retire=True)
+
+
+@dkim_group.command("show")
+@click.argument("domain")
+@with_store
+async def dkim_show(store: Store, domain: str) -> None:
+    """Print the DNS TXT records of every key of the domain."""
+    await _show_dkim(store, domain)
+
+
+@dkim_group.command("remove")
+@click.argument("domain")
+@click.argument("selector")
+@with_store
+async def dkim_remove(store: Store, domain: str, selector: str) -> None:
+    """Forget a key (after its DNS record was withdrawn)."""
+    await store.remove_dkim_key(domain.lower(), selector)
+    click.echo(f"removed {selector}._domainkey.{domain}")
+
+
 # --- demo ----------------------------------------------------------------------------------------------------
 
 DEMO_DOMAIN = "example.test"

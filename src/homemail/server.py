@@ -37,7 +37,7 @@ LISTENERS: dict[str, tuple[str, str]] = {
 }
 
 # Background workers: module paths offering ``start_worker(services) -> asyncio.Task | None``.
-WORKERS: list[str] = []
+WORKERS: list[str] = ["homemail.delivery.queue"]
 
 
 @dataclass

@@ -97,6 +97,13 @@ def dns_record(pem: str) -> str:
     return f"v=DKIM1; k={k}; p={public_key_data(pem)}"
 
 
+def zone_line(selector: str, domain: str, pem: str) -> str:
+    """The record as a zone-file line; long values are split into strings of at most 255 characters."""
+    record = dns_record(pem)
+    strings = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
+    return f"{selector}._domainkey.{domain}. IN TXT ( {strings} )"
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     domain: str

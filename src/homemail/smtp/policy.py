@@ -58,6 +58,7 @@ class SessionInfo(Protocol):
     esmtp: bool
     tls: str  # homemail.tls.describe() of the connection, "" without TLS
     authenticated: str | None  # the account logged in with AUTH (submission), None otherwise
+    envelope: Envelope | None  # the mail transaction in progress (RFC 5321 3.3), None between transactions
     state: dict[str, Any]
 
     def received_header(self, envelope: Envelope) -> bytes: ...
@@ -98,19 +99,3 @@ class Policy:
 
     def close(self, session: SessionInfo) -> None:
         """The connection ended."""
-
-
-class SubmissionNotAvailable(Policy):
-    """For the submission listeners until authenticated sending exists: the protocol works, mail is refused."""
-
-    async def mail_from(self, session: SessionInfo, envelope: Envelope) -> Reply | None:
-        raise SMTPError(
-            554,
-            "5.7.0",
-            "Submission is not available on this server yet; use the MX port for mail to local users",
-        )
-
-    async def command(self, session: SessionInfo, verb: str, arg: str) -> Reply | None:
-        if verb == "AUTH":
-            raise SMTPError(502, "5.5.1", "Authentication is not available on this server yet")
-        return None

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from homemail import addresses
 from homemail import tls as tlsmod
-from homemail.smtp.policy import Envelope, Policy, RcptTo, SubmissionNotAvailable
+from homemail.smtp.policy import Envelope, Policy, RcptTo
 from homemail.smtp.replies import (
     BYE,
     OK,
@@ -458,7 +458,11 @@ class Session(asyncio.Protocol):
                 del buf[: i + 5]
                 return raw, False
             n = len(buf)
-            if too_big or (n > limit and n - buf.count(b"\n.") > limit):
+            # Only what is surely message counts: the input may end in the first two bytes of the end marker
+            # (".\r" after the last CRLF, not found above yet), and a leading "." and every "\n." may be a
+            # stuffed dot. Counting those made a message of exactly the limit refused whenever a segment
+            # happened to end between "\r" and "\n" of its end marker.
+            if too_big or (n > limit + 2 and n - 2 - buf.count(b"\n.") - buf.startswith(b".") > limit):
                 too_big = True
                 if n > 4:
                     del buf[: n - 4]  # keep what may be the start of the end marker
@@ -892,12 +896,9 @@ def make_policy(services: Services, mode: str) -> Policy:
         from homemail.smtp.inbound import InboundPolicy
 
         return InboundPolicy(services)
-    factory = services.extras.get("smtp.submission_policy")  # set by the submission module when it exists
-    if callable(factory):
-        policy = factory(services, mode)
-        assert isinstance(policy, Policy)
-        return policy
-    return SubmissionNotAvailable()
+    from homemail.smtp.submission import SubmissionPolicy
+
+    return SubmissionPolicy(services, mode)
 
 
 async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.Server:
