@@ -5,12 +5,14 @@ Strings go through :mod:`homemail.message.imap` (quoted when they can be, litera
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
 from homemail import utf7
 from homemail.message.imap import astring, string
 
+_NOT_QUOTABLE_UTF8 = re.compile(rb"[\x00-\x1f\x7f]")
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 _SYSTEM_ORDER = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4, "\\Recent": 5}
 
@@ -64,7 +66,11 @@ def internaldate(value: datetime) -> bytes:
 def mailbox_name(name: str, utf8: bool) -> bytes:
     """A mailbox name for a response: modified UTF-7 (RFC 3501 5.1.3), or UTF-8 once IMAP4rev2 is on."""
     if utf8:
-        return astring(name.encode("utf-8"))
+        raw = name.encode("utf-8")
+        if not raw.isascii() and not _NOT_QUOTABLE_UTF8.search(raw) and len(raw) <= 1024:
+            # RFC 9051 9: QUOTED-CHAR includes UTF8-2 / UTF8-3 / UTF8-4, so a UTF-8 name goes out quoted.
+            return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return astring(raw)
     return astring(utf7.encode(name).encode("ascii"))
 
 

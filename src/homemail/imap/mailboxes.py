@@ -112,6 +112,15 @@ def list_mailboxes(
     return out
 
 
+def attributes(mailbox: Mailbox, mailboxes: list[Mailbox]) -> list[str]:
+    """The attributes LIST gives one existing mailbox (for the LIST response of SELECT, RFC 9051 6.3.2)."""
+    prefix = mailbox.name + SEP
+    attrs = ["\\HasChildren" if any(m.name.startswith(prefix) for m in mailboxes) else "\\HasNoChildren"]
+    if mailbox.special_use:
+        attrs.append(mailbox.special_use)
+    return attrs
+
+
 def lsub(subscriptions: list[str], mailboxes: list[Mailbox], patterns: list[str]) -> list[Listed]:
     """RFC 3501 6.3.9: subscribed names; with ``%`` a level holding subscribed names below is \\Noselect."""
     existing = {m.name for m in mailboxes}
@@ -124,6 +133,8 @@ def lsub(subscriptions: list[str], mailboxes: list[Mailbox], patterns: list[str]
             out.append(Listed(name, attrs))
             seen.add(name)
     for name in sorted(subscribed):
+        if name in seen:
+            continue  # listed itself: its superiors are not needed to reach it
         parts = name.split(SEP)
         for i in range(1, len(parts)):
             parent = SEP.join(parts[:i])

@@ -127,6 +127,7 @@ class Session:
             "LIST-EXTENDED",
             "LIST-STATUS",
             "SPECIAL-USE",
+            "CREATE-SPECIAL-USE",
             "CONDSTORE",
             "QRESYNC",
             "ESEARCH",
@@ -657,7 +658,11 @@ async def _select(s: Session, tag: bytes, p: Parser, readonly: bool) -> Result:
     for line in s._flags_response(view):
         s.untagged(line)
     s.untagged(b"%d EXISTS" % view.exists)
-    if not s.rev2:
+    if s.rev2:
+        # RFC 9051 6.3.2: a LIST response with the mailbox name and its accurate attributes.
+        attrs = mailboxes.attributes(mb, await s.store.list_mailboxes(s.account_id))
+        s.untagged(b"LIST (" + " ".join(attrs).encode() + b') "/" ' + s.mailbox_name(mb.name))
+    else:
         s.untagged(b"%d RECENT" % len(view.recent))
         unseen = next((i + 1 for i, u in enumerate(view.uids) if "\\Seen" not in view.info[u].flags), 0)
         if unseen:
@@ -700,16 +705,31 @@ async def cmd_examine(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     return await _select(s, tag, p, readonly=True)
 
 
+# RFC 6154 2: the special uses a mailbox can be created with (\All and \Flagged would be virtual views).
+CREATABLE_SPECIAL_USE = ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")
+
+
 @command("CREATE", *AUTHED)
 async def cmd_create(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     p.sp()
     name = s.decode_mailbox(p.astring())
-    special: str | None = None
+    uses: list[str] = []
     if p.take(b" (USE ("):
-        # RFC 6154 3: CREATE-SPECIAL-USE
-        special = p.flag()
-        p.expect(b"))")
+        # RFC 6154 6: create-params = SP "(" "USE" SP "(" [use-attr *(SP use-attr)] ")" ")"
+        while not p.take(b")"):
+            if uses:
+                p.sp()
+            uses.append(p.flag())
+        p.expect(b")")
     p.end()
+    special: str | None = None
+    for attr in uses:
+        canon = next((a for a in CREATABLE_SPECIAL_USE if a.lower() == attr.lower()), None)
+        if canon is None or (special is not None and special != canon):
+            # RFC 6154 3: a special use the server cannot give (\All and \Flagged are virtual views here;
+            # one mailbox holds one special use) is refused with USEATTR.
+            raise No(f"{attr} cannot be given to a mailbox here", code=b"USEATTR")
+        special = canon
     # RFC 9051 6.3.4: a trailing delimiter says the client means to create names below.
     name = name.rstrip(mailboxes.SEP)
     if name == "INBOX":
@@ -732,6 +752,12 @@ async def cmd_delete(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         s.unselect()
     try:
         await s.store.delete_mailbox(s.account_id, name)
+    except NotFound:
+        prefix = name + mailboxes.SEP
+        if any(m.name.startswith(prefix) for m in await s.store.list_mailboxes(s.account_id)):
+            # RFC 9051 6.3.5: deleting a \Noselect name that has inferior names is an error (RFC 5530).
+            raise No("the name has inferior mailboxes and is not a mailbox", code=b"HASCHILDREN") from None
+        raise No("no such mailbox", code=b"NONEXISTENT") from None
     except StoreError as e:
         raise store_errors(e) from None
     return None

@@ -624,7 +624,9 @@ class SQLiteStore(Store):
                 raise NotFound("no such mailbox")
             if _get_mailbox(db, account_id, new) is not None:
                 raise AlreadyExists("a mailbox with the new name exists already")
-            if new == old or new.startswith(old + HIERARCHY_DELIMITER):
+            # INBOX's inferiors stay where they are when it is renamed (RFC 9051 6.3.6), so INBOX may go below
+            # itself; any other mailbox cannot.
+            if new == old or (old != "INBOX" and new.startswith(old + HIERARCHY_DELIMITER)):
                 raise Invalid("cannot rename a mailbox into itself")
             parts = new.split(HIERARCHY_DELIMITER)
             for i in range(1, len(parts)):
