@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
+import time
 import uuid
 
 import pytest
@@ -81,12 +83,20 @@ def test_unknown_user(raw: Raw) -> None:
     assert code == 550 and text.startswith("5.1.1")
 
 
-def test_external_only_alias_is_not_accepted_yet(raw: Raw, mx: ServerProcess) -> None:
-    code, text = raw.cmd("RCPT TO:<fwd@example.org>")
-    assert code == 451 and text.startswith("4.3.0")
-    # an alias with a local account among its targets is accepted; the external one is logged
-    assert raw.cmd("RCPT TO:<mixed@example.org>")[0] == 250
-    assert "forwarding is not available yet" in mx.log()
+def test_alias_to_elsewhere_is_forwarded_through_the_queue(mx: ServerProcess) -> None:
+    m = uuid.uuid4().hex
+    with smtplib.SMTP("127.0.0.1", mx.port("smtp")) as c:
+        refused = c.sendmail(
+            "s@remote.example", ["fwd@example.org", "mixed@example.org"], f"Subject: {m}\r\n\r\nx\r\n"
+        )
+        assert refused == {}
+    # one local copy (bob, through mixed@), the rest queued for the address elsewhere, in one commit
+    assert len(find(inbox(mx, "bob@example.org"), m.encode())) == 1
+    deadline = time.monotonic() + 10
+    while "<someone@elsewhere.invalid>" not in mx.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(r"copies=1 forwarded=1", mx.log())
+    assert "queue 1: <someone@elsewhere.invalid>" in mx.log()
 
 
 @pytest.mark.parametrize(

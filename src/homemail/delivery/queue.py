@@ -119,7 +119,7 @@ class QueueWorker:
             else:
                 live.append(r)
         if live:
-            data = await self.store.read_blob(message.blob_id)
+            data = without_return_path(await self.store.read_blob(message.blob_id))
             out = Message(
                 message.sender, data, message.smtputf8, message.body8bit, message.envid, message.ret
             )
@@ -263,6 +263,17 @@ class QueueWorker:
             arrival=message.created,
         )
         await deliver_notice(self.services, message.sender, report)
+
+
+def without_return_path(data: bytes) -> bytes:
+    """RFC 5321 4.4: a relaying SMTP system should not send a Return-Path: field; a forwarded message's file
+    starts with the one its local copies show."""
+    if data[:12].lower() != b"return-path:":
+        return data
+    end = data.find(b"\r\n")
+    while end >= 0 and data[end + 2 : end + 3] in (b" ", b"\t"):
+        end = data.find(b"\r\n", end + 2)
+    return data[end + 2 :] if end >= 0 else data
 
 
 async def deliver_notice(services: Services, to: str, report: bytes) -> None:

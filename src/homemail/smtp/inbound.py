@@ -5,8 +5,8 @@ Rules:
   alias, catch-all). Unknown local user: 550 5.1.1. Any other domain: 554 5.7.1, since an unauthenticated client
   may never relay. The address is judged only by its final ``local@domain`` (source routes are stripped by the
   engine); ``%``, ``!`` and quoted ``@`` in the local part are never routing (RFC 5321 3.6.1 / 4.1.1.3).
-- Alias targets outside our domains are recorded with the transaction; until the outbound queue exists they are
-  not forwarded, so a recipient is accepted only when at least one local account results.
+- Alias targets outside our domains are forwarded: the message is queued for them with its original envelope
+  sender (as Postfix forwards), in the same commit as the local copies.
 - One copy per account per message, however many recipients lead to it.
 - The final reply comes after :meth:`Store.deliver` returned: the file and rows are durable for every account.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from homemail.smtp.policy import Envelope, Policy, RcptTo, SessionInfo
 from homemail.smtp.replies import Reply, SMTPError
-from homemail.store import Account, DeliveryTarget, StoreError
+from homemail.store import Account, DeliveryTarget, QueueRecipient, StoreError
 
 if TYPE_CHECKING:
     from homemail.server import Services
@@ -88,14 +88,6 @@ class InboundPolicy(Policy):
         resolved = await self.store.resolve(address)
         if resolved is None:
             raise SMTPError(550, "5.1.1", f"No such user here: <{address}>")
-        if not resolved.accounts:
-            log.warning(
-                "smtp %s: <%s> leads only to addresses elsewhere (%s); forwarding is not available yet",
-                session.session_id,
-                address,
-                ", ".join(resolved.external),
-            )
-            raise SMTPError(451, "4.3.0", f"<{address}> cannot be delivered here yet; try again later")
         accounts: dict[int, Account] = envelope.state.setdefault("accounts", {})
         for acc in resolved.accounts:
             accounts[acc.id] = acc
@@ -108,33 +100,41 @@ class InboundPolicy(Policy):
 
     async def data(self, session: SessionInfo, envelope: Envelope, message: bytes) -> Reply:
         accounts: dict[int, Account] = envelope.state.get("accounts", {})
-        if not accounts:
+        external: list[str] = envelope.state.get("external") or []
+        if not accounts and not external:
             raise SMTPError(554, "5.5.1", "No valid recipients")
         targets = [DeliveryTarget(account_id) for account_id in accounts]
         trace = (
             b"Return-Path: <" + envelope.sender.encode("utf-8") + b">\r\n" + session.received_header(envelope)
         )
-        data = b"".join((trace, message))
         try:
-            placed = await self.store.deliver(data, targets)
+            if external:
+                # One file for the local copies and the forwarded ones; the queue drops the Return-Path: before
+                # sending (RFC 5321 4.4).
+                _, placed = await self.store.enqueue(
+                    trace + message,
+                    envelope.sender,
+                    [QueueRecipient(a) for a in external],
+                    targets,
+                    smtputf8=envelope.smtputf8,
+                    body8bit=envelope.body == "8BITMIME" or not message.isascii(),
+                )
+                kick = getattr(self.services.extras.get("queue"), "kick", None)
+                if callable(kick):
+                    kick()
+            else:
+                placed = await self.store.deliver(trace + message, targets)
         except StoreError as e:
             log.error("smtp %s: storing %s failed: %s", session.session_id, envelope.id, e)
             raise SMTPError(451, "4.3.0", "Temporary failure storing the message; try again later") from None
-        external = envelope.state.get("external") or []
-        if external:
-            log.warning(
-                "smtp %s: %s not forwarded to %s: forwarding is not available yet",
-                session.session_id,
-                envelope.id,
-                ", ".join(external),
-            )
         log.info(
-            "smtp %s: delivered %s from=<%s> to=%s size=%d copies=%d",
+            "smtp %s: delivered %s from=<%s> to=%s size=%d copies=%d forwarded=%d",
             session.session_id,
             envelope.id,
             envelope.sender,
             ",".join(f"<{r.address}>" for r in envelope.recipients),
-            len(data),
+            len(message),
             len(placed),
+            len(external),
         )
         return Reply(250, "2.0.0", f"Ok: delivered as {envelope.id}")
