@@ -106,7 +106,8 @@ def test_header_fields() -> None:
 
 def test_header_fields_of_header_only_message() -> None:
     parsed = parse(s.HEADER_ONLY)
-    assert section(s.HEADER_ONLY, parsed, (), "HEADER.FIELDS", ["subject"]) == b"Subject: no body\r\n\r\n"
+    # RFC 3501 6.4.5: no blank line is added for "a message which has no body and no blank line".
+    assert section(s.HEADER_ONLY, parsed, (), "HEADER.FIELDS", ["subject"]) == b"Subject: no body\r\n"
     assert section(s.HEADER_ONLY, parsed, (), "HEADER") == s.HEADER_ONLY
     assert section(s.HEADER_ONLY, parsed, (), "TEXT") == b""
 

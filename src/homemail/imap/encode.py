@@ -45,12 +45,16 @@ def seq_list(numbers: Iterable[int]) -> bytes:
 
 
 def internaldate(value: datetime) -> bytes:
-    """RFC 9051 9: date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE."""
+    """RFC 9051 9: date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE.
+
+    date-day-fixed allows (SP DIGIT) or 2DIGIT; the day is zero-padded ("05-Jan-2024"), the form of the RFC
+    examples and of other servers, which no client misreads.
+    """
     off = value.utcoffset()
     minutes = int(off.total_seconds() // 60) if off is not None else 0
     sign = b"+" if minutes >= 0 else b"-"
     minutes = abs(minutes)
-    return b'"%2d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
+    return b'"%02d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
         value.day,
         _MONTHS[value.month - 1],
         value.year,

@@ -90,13 +90,15 @@ def _parse_section(p: Parser) -> tuple[tuple[int, ...], str | None, tuple[str, .
     """``"[" [section-spec] "]"`` after BODY or BODY.PEEK (RFC 9051 9)."""
     p.expect(b"[")
     part = _section_part(p)
+    dot = False
     if part and p.next_byte() == b".":
         p.pos += 1
+        dot = True  # section-part "." section-text: the text must follow
     elif part and p.next_byte() != b"]":
         raise p.error("'.' or ']' after a part number")
     spec: str | None = None
     fields: list[str] = []
-    if not p.take(b"]"):
+    if dot or not p.take(b"]"):
         for s in _SPECS:
             if p.take(s.encode()):
                 spec = s
@@ -130,9 +132,12 @@ def _section_label(name: str, part: tuple[int, ...], spec: str | None, fields: t
     inner = ".".join(str(n) for n in part)
     if spec:
         inner = f"{inner}.{spec}" if inner else spec
-        if fields:
-            inner += " (" + " ".join(f.upper() for f in fields) + ")"
-    return f"{name}[{inner}]".encode("utf-8", "replace")
+    label = f"{name}[{inner}".encode("utf-8", "replace")
+    if fields:
+        # RFC 9051 9: header-fld-name = astring, so a name that is not an atom goes back quoted (or as a
+        # literal) exactly as it must be sent; left bare, "x y" would read as two names.
+        label += b" (" + b" ".join(mimap.astring(f.upper()) for f in fields) + b")"
+    return label + b"]"
 
 
 def parse_item(p: Parser) -> Item:
@@ -268,6 +273,20 @@ def _cut(data: bytes, partial: tuple[int, int] | None) -> bytes:
         return data
     origin, count = partial
     return data[origin : origin + count]
+
+
+def check_binary(items: Sequence[Item], pm: ParsedMessage) -> None:
+    """Raise the NO that a BINARY item would give for this message, before anything is sent or changed."""
+    for item in items:
+        if item.kind in ("BINARY", "BINARY.SIZE") and item.part:
+            target = mimap.find_part(pm, item.part)
+            if target is None:
+                raise No("no such body part")
+            if not target.parts and target.message is None:
+                try:
+                    mimap.decode_transfer_encoding(b"", target.encoding)
+                except mimap.UnknownCTE:
+                    raise No("unknown Content-Transfer-Encoding", code=b"UNKNOWN-CTE") from None
 
 
 def render_item(

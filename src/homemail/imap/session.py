@@ -1172,6 +1172,12 @@ async def cmd_fetch(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     seen_changed: set[int] = set()
     if not view.readonly and any(i.sets_seen for i in items):
         unseen = [u for u in uids if "\\Seen" not in view.info[u].flags]
+        if unseen and any(i.kind == "BINARY" and i.part for i in items):
+            # RFC 3516 4.3: BINARY of a part in an unknown encoding fails with NO [UNKNOWN-CTE] and returns
+            # no data, so it must fail before \Seen is set.
+            blobs = [view.info[u].blob_id for u in unseen]
+            for pm in (await fetch.SUMMARIES.get_many(s.store, blobs)).values():
+                fetch.check_binary(items, pm)
         if unseen:
             res = await s.store.store_flags(s.account_id, view.mailbox.id, unseen, FlagOp.ADD, ["\\Seen"])
             for upd in res.updated:

@@ -222,8 +222,13 @@ def _select_fields(data: bytes, start: int, stop: int, names: Iterable[str | byt
         if (name in wanted) != exclude:
             field = data[s:e]
             out.append(field if field.endswith(b"\n") else field + b"\r\n")
-    # RFC 3501 6.4.5: the subset is followed by the blank line that ends a header.
-    out.append(b"\r\n")
+    # RFC 3501 6.4.5 / RFC 9051 6.4.5: subsetting keeps the blank line that ends the header, "except in
+    # the case of a message which has no body and no blank line"; it is sent as the message has it.
+    block = data[start:stop]
+    if block.endswith(b"\n\r\n") or block == b"\r\n":
+        out.append(b"\r\n")
+    elif block.endswith(b"\n\n") or block == b"\n":
+        out.append(b"\n")
     return b"".join(out)
 
 
