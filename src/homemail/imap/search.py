@@ -202,11 +202,27 @@ def _body_text(c: Candidate) -> str:
     return mimap.search_text(c.data, c.summary)
 
 
+def _header_block(raw: bytes) -> str:
+    head = raw.decode("utf-8", "replace")
+    return decode_words(head.replace("\r\n ", " ").replace("\r\n\t", " "))
+
+
 def _full_text(c: Candidate) -> str:
+    """TEXT: the header, the MIME header fields of every part (RFC 3501 6.4.4) and the decoded text."""
     if c.data is None:
         return ""
-    head = c.data[: header_end(c.data)].decode("utf-8", "replace")
-    return decode_words(head.replace("\r\n ", " ").replace("\r\n\t", " ")) + "\n" + _body_text(c)
+    heads = [_header_block(c.data[: header_end(c.data)])]
+    if c.summary is not None:
+        stack = list(reversed(c.summary.body.parts))
+        if c.summary.body.message is not None:
+            stack.append(c.summary.body.message[1])
+        while stack:
+            node = stack.pop()
+            heads.append(_header_block(c.data[node.header_start : node.body_start]))
+            stack.extend(reversed(node.parts))
+            if node.message is not None:
+                stack.append(node.message[1])
+    return "\n".join(heads) + "\n" + _body_text(c)
 
 
 def matcher(

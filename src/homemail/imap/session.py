@@ -1402,24 +1402,34 @@ async def cmd_search(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     view = s.view
     p.sp()
     ret = _return_options(p)
-    q = search.parse_query(p)
+    try:
+        q = search.parse_query(p)
+    except No:
+        if ret is not None and "SAVE" in ret:
+            # RFC 5182 2.1: a SEARCH with SAVE that fails with NO empties the saved result.
+            view.saved = []
+        raise
     p.end()
     found = await _search_matches(s, view, q)
     numbers = [c.info.uid if uid else c.seq for c in found]
-    highest = max((c.info.modseq for c in found), default=0)
     if ret is None and not s.rev2:
         line = b"SEARCH" + b"".join(b" %d" % n for n in numbers)
         if q.uses_modseq and numbers:
             # RFC 7162 3.1.5: the highest MODSEQ of the messages found
-            line += b" (MODSEQ %d)" % highest
+            line += b" (MODSEQ %d)" % max(c.info.modseq for c in found)
         s.untagged(line)
         return None
     opts = ret or ["ALL"]
+    # RFC 4731 3.2 / RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only the MIN and MAX
+    # messages count: they are what SAVE keeps and whose highest mod-sequence MODSEQ gives.
+    chosen = found
+    if found and "ALL" not in opts and "COUNT" not in opts and ("MIN" in opts or "MAX" in opts):
+        chosen = ([found[0]] if "MIN" in opts else []) + ([found[-1]] if "MAX" in opts else [])
     if "SAVE" in opts:
         # RFC 5182 2.1: SAVE keeps the result for "$"; alone it returns nothing.
-        view.saved = [c.info.uid for c in found]
+        view.saved = sorted({c.info.uid for c in chosen})
         opts = [o for o in opts if o != "SAVE"]
-        if not opts and ret is not None:
+        if not opts:
             return None
     # RFC 4731 3.1 / RFC 9051 7.3.4: ESEARCH (TAG "x") [UID] MIN n MAX n ALL set COUNT n
     line = b"ESEARCH (TAG " + string(tag) + b")"
@@ -1427,15 +1437,15 @@ async def cmd_search(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         line += b" UID"
     if numbers:
         if "MIN" in opts:
-            line += b" MIN %d" % min(numbers)
+            line += b" MIN %d" % numbers[0]
         if "MAX" in opts:
-            line += b" MAX %d" % max(numbers)
+            line += b" MAX %d" % numbers[-1]
         if "ALL" in opts:
             line += b" ALL " + encode.seq_set(numbers)
     if "COUNT" in opts:
         line += b" COUNT %d" % len(numbers)
-    if q.uses_modseq and numbers:
-        line += b" MODSEQ %d" % highest
+    if q.uses_modseq and chosen:
+        line += b" MODSEQ %d" % max(c.info.modseq for c in chosen)
     s.untagged(line)
     return None
 
@@ -1454,13 +1464,18 @@ async def cmd_sort(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     p.sp()
     # RFC 5256 3: SORT (criteria) charset search-keys; the charset is required
     charset = p.astring().decode("utf-8", "replace").upper()
-    if charset not in search.CHARSETS:
-        raise No(f"charset {charset} is not supported", code=b"BADCHARSET (UTF-8 US-ASCII)")
     p.sp()
     q = search.parse_query(p, allow_charset=False)
     p.end()
+    # The whole command is parsed first, so a syntax error is BAD even with an unknown charset.
+    if charset not in search.CHARSETS:
+        raise No(f"charset {charset} is not supported", code=b"BADCHARSET (UTF-8 US-ASCII)")
     entries = sort.sort(await _entries(s, view, q), criteria)
-    s.untagged(b"SORT" + b"".join(b" %d" % (e.info.uid if uid else e.seq) for e in entries))
+    line = b"SORT" + b"".join(b" %d" % (e.info.uid if uid else e.seq) for e in entries)
+    if q.uses_modseq and entries:
+        # RFC 7162 3.1.5 / 7: sort-data = "SORT" [1*(SP nz-number) SP search-sort-mod-seq]
+        line += b" (MODSEQ %d)" % max(e.info.modseq for e in entries)
+    s.untagged(line)
     return None
 
 
@@ -1473,11 +1488,12 @@ async def cmd_thread(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         raise Bad(f"unknown threading algorithm {algorithm}")
     p.sp()
     charset = p.astring().decode("utf-8", "replace").upper()
-    if charset not in search.CHARSETS:
-        raise No(f"charset {charset} is not supported", code=b"BADCHARSET (UTF-8 US-ASCII)")
     p.sp()
     q = search.parse_query(p, allow_charset=False)
     p.end()
+    # The whole command is parsed first, so a syntax error is BAD even with an unknown charset.
+    if charset not in search.CHARSETS:
+        raise No(f"charset {charset} is not supported", code=b"BADCHARSET (UTF-8 US-ASCII)")
     roots = sort.thread_references(await _entries(s, view, q))
     s.untagged(b"THREAD " + sort.render_threads(roots, uid) if roots else b"THREAD")
     return None

@@ -24,11 +24,17 @@ _REFWD = re.compile(r"(?:" + _BLOB + r")*(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:",
 _LEADING_BLOB = re.compile(_BLOB)
 _TRAILER = re.compile(r"(?:\(fwd\)|[ \t])\Z", re.IGNORECASE)
 _WS = re.compile(r"[ \t\r\n]+")
+# RFC 5256 3 compares strings with i;ascii-casemap: only a-z are upper-cased (RFC 4790 9.2).
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def ascii_upper(s: str) -> str:
+    return s.translate(_ASCII_UPPER)
 
 
 def base_subject(subject: str) -> tuple[str, bool]:
-    """RFC 5256 2.1: the base subject (upper-cased for i;ascii-casemap) and whether the subject was a reply or
-    forward (it had a "Re:", "Fwd:" leader, a "(fwd)" trailer, or a "[fwd: ...]" wrapper)."""
+    """RFC 5256 2.1: the base subject (a-z upper-cased, for i;ascii-casemap) and whether the subject was a
+    reply or forward (it had a "Re:", "Fwd:" leader, a "(fwd)" trailer, or a "[fwd: ...]" wrapper)."""
     # (1) decoded to Unicode, whitespace runs made one space.
     s = _WS.sub(" ", decode_words(subject) if "=?" in subject else subject)
     reply = False
@@ -60,7 +66,7 @@ def base_subject(subject: str) -> tuple[str, bool]:
             reply = True
             continue
         break
-    return s.strip(" \t").upper(), reply
+    return ascii_upper(s.strip(" \t")), reply
 
 
 def parse_criteria(p: Parser) -> list[tuple[str, bool]]:
@@ -90,7 +96,7 @@ def _first_mailbox(addrs: Any) -> str:
         return ""
     for a in addrs:
         if a.mailbox is not None and a.host is not None:
-            return str(a.mailbox).upper()
+            return ascii_upper(str(a.mailbox))
     return ""
 
 
@@ -101,7 +107,7 @@ def _display(addrs: Any) -> str:
     for a in addrs:
         if a.mailbox is not None and a.host is not None:
             name = decode_words(a.name) if a.name else ""
-            return (name or f"{a.mailbox}@{a.host}").upper()
+            return ascii_upper(name or f"{a.mailbox}@{a.host}")
     return ""
 
 

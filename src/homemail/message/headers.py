@@ -101,9 +101,18 @@ def _codec(charset: str) -> str:
 
 
 def decode_bytes(raw: bytes, charset: str | None) -> str:
-    """Text in a MIME charset (RFC 2045 5.1 default us-ascii); errors and unknown charsets are replaced."""
+    """Text in a MIME charset (RFC 2045 5.1 default us-ascii); errors and unknown charsets are replaced.
+
+    8-bit bytes labelled us-ascii (or not labelled) are read as UTF-8 when they are valid UTF-8: that is what
+    such mail carries in practice (RFC 6532 3.1 allows UTF-8 in header fields)."""
+    codec = _codec(charset or "us-ascii")
+    if codec == "ascii" and not raw.isascii():
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     try:
-        return raw.decode(_codec(charset or "us-ascii"), "replace")
+        return raw.decode(codec, "replace")
     except (LookupError, ValueError):
         return raw.decode("utf-8", "replace")
 
