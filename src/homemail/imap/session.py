@@ -1091,8 +1091,26 @@ async def cmd_close(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     s.unselect()
     if not view.readonly:
         # RFC 9051 6.4.1: messages marked \Deleted are removed, without untagged EXPUNGE responses.
-        await s.store.expunge(s.account_id, view.mailbox.id)
+        removed = await s.store.expunge(s.account_id, view.mailbox.id)
+        if removed and s.qresync:
+            # RFC 7162 3.2.8: the mailbox's new HIGHESTMODSEQ goes in the tagged OK.
+            highest = await _modseq_after_close(s, view, removed)
+            if highest is not None:
+                return (b"HIGHESTMODSEQ %d" % highest, "CLOSE completed")
     return None
+
+
+async def _modseq_after_close(s: Session, view: Selected, removed: list[int]) -> int | None:
+    """The HIGHESTMODSEQ a client closing ``view`` may keep: the mailbox's, when every change up to it is one
+    the client knows of (its own, or the expunge it just asked for); None when other changes came meanwhile."""
+    ch = await s.store.changes(s.account_id, view.mailbox.id, view.modseq)
+    if not set(ch.expunged) <= set(removed):
+        return None
+    for m in ch.changed:
+        known = view.info.get(m.uid)
+        if known is None or known.modseq < m.modseq:
+            return None
+    return ch.highestmodseq
 
 
 @command("UNSELECT", SELECTED)
@@ -1117,6 +1135,11 @@ async def cmd_expunge(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         return None
     removed = await s.store.expunge(s.account_id, view.mailbox.id, uids)
     view.gone.update(u for u in removed if u in view.info)
+    if removed and s.qresync:
+        # RFC 7162 3.2.7 / 3.2.9: announce now, and give the new HIGHESTMODSEQ in the tagged OK.
+        view.dirty = True
+        await s.sync(True)
+        return (b"HIGHESTMODSEQ %d" % view.modseq, "EXPUNGE completed")
     return None
 
 
@@ -1264,6 +1287,7 @@ async def cmd_store(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     live = [u for u in uids if u not in view.gone]
     res = await s.store.store_flags(s.account_id, view.mailbox.id, live, op, flags, unchangedsince)
     changed: set[int] = set()
+    known = {f for m in view.info.values() for f in m.flags} if op is not FlagOp.REMOVE else set()
     for upd in res.updated:
         old = view.info.get(upd.uid)
         if old is not None:
@@ -1272,7 +1296,8 @@ async def cmd_store(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
             )
             changed.add(upd.uid)
     modified = set(res.modified)
-    if changed and any(not f.startswith("\\") for f in flags):
+    if changed and any(not f.startswith("\\") and f not in known for f in flags) and op is not FlagOp.REMOVE:
+        # RFC 9051 7.3.5: a keyword new to the mailbox is announced in FLAGS (and PERMANENTFLAGS).
         for line in s._flags_response(view):
             s.untagged(line)
     out: list[bytes] = []
@@ -1283,7 +1308,8 @@ async def cmd_store(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         if silent:
             # RFC 7162 3.1.3: with CONDSTORE on, .SILENT still reports the new MODSEQ of changed messages.
             if s.condstore and u in changed:
-                out.append(b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (view.seq(u), u, m.modseq))
+                ident = b"UID %d " % u if uid else b""
+                out.append(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (view.seq(u), ident, m.modseq))
             continue
         items = b"FLAGS " + s.flags_of(view, m)
         if uid:
@@ -1337,8 +1363,12 @@ async def _copy_or_move(s: Session, p: Parser, uid: bool, move: bool) -> Result:
         return (code, "COPY completed")
     # RFC 6851 4.3: the COPYUID goes in an untagged OK before the expunges.
     s.untagged(b"OK [" + code + b"] moved")
-    for line in view.expunge_lines([a for a, _ in res.pairs], s.qresync):
-        s.conn.write(line)
+    view.gone.update(a for a, _ in res.pairs if a in view.info)
+    view.dirty = True
+    await s.sync(True)
+    if s.qresync:
+        # RFC 7162 3.2.7 as for EXPUNGE: the new HIGHESTMODSEQ once the moved messages are announced gone.
+        return (b"HIGHESTMODSEQ %d" % view.modseq, "MOVE completed")
     return (None, "MOVE completed")
 
 
