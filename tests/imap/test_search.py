@@ -421,6 +421,18 @@ def test_syntax_errors_are_bad(server: ServerProcess, user: str) -> None:
         "SEARCH 0",
         "SEARCH SEEN  FLAGGED",
         "SEARCH RETURN (BOGUS) ALL",
+        "SEARCH RETURN ( MIN) ALL",
+        "SEARCH RETURN (MIN  MAX) ALL",
+        "SEARCH RETURN (MIN)ALL",
+        "SEARCH RETURN MIN ALL",
+        "SEARCH CHARSET UTF-8",
+        "SEARCH ALL CHARSET UTF-8",
+        "SEARCH OLDER 0",
+        'SEARCH MODSEQ "/flags/\\Seen" bogus 1',
+        'SEARCH MODSEQ "/shared/comment" all 1',
+        "SEARCH MODSEQ 99999999999999999999",
+        "SEARCH SMALLER 99999999999999999999",
+        "SEARCH " + "NOT " * 100 + "ALL",
         "UID SEARCH",
     ):
         untagged, tagged = c.cmd(bad)
@@ -619,6 +631,17 @@ def test_search_save_and_dollar(server: ServerProcess, user: str) -> None:
     assert hits(c, "$") == [2, 5]
     c.ok("SEARCH RETURN (MIN ALL SAVE) UNSEEN")
     assert hits(c, "$") == [2, 3, 4, 5]
+    # RFC 5182 2.1: a SAVE search that fails with BAD leaves "$" alone; one that fails with NO empties it
+    _, tagged = c.cmd("SEARCH RETURN (SAVE) BOGUS")
+    assert b" BAD " in tagged
+    assert hits(c, "$") == [2, 3, 4, 5]
+    _, tagged = c.cmd("SEARCH RETURN (SAVE) CHARSET X-UNKNOWN SEEN")
+    assert b" NO [BADCHARSET " in tagged
+    assert hits(c, "$") == []
+    c.ok("SEARCH RETURN (SAVE) SEEN")
+    _, tagged = c.cmd("SEARCH CHARSET X-UNKNOWN SEEN")
+    assert b" NO [BADCHARSET " in tagged
+    assert hits(c, "$") == [1]  # not a SAVE search: no change
     # a search that finds nothing saves the empty set
     c.ok("SEARCH RETURN (SAVE) KEYWORD $Nothing")
     assert hits(c, "$") == []
@@ -654,6 +677,11 @@ def test_imap4rev2_search_answers_esearch(server: ServerProcess, user: str) -> N
     assert untagged == [b'* ESEARCH (TAG "%s") ALL 2\r\n' % tagged.split()[0]]
     untagged, tagged = c.cmd("SEARCH CHARSET UTF-8 SUBJECT meeting")
     assert untagged == [b'* ESEARCH (TAG "%s") ALL 1,4\r\n' % tagged.split()[0]]
+    # CONDSTORE's MODSEQ item rides on the ESEARCH response (RFC 7162 3.1.5)
+    untagged, tagged = c.cmd("SEARCH MODSEQ 1 SEEN")
+    m = re.fullmatch(rb'\* ESEARCH \(TAG "t\d+"\) ALL 1 MODSEQ (\d+)\r\n', untagged[0])
+    assert m is not None, untagged
+    assert c.ok("FETCH 1 (MODSEQ)") == [b"* 1 FETCH (MODSEQ (%s))\r\n" % m.group(1)]
 
 
 def test_esearch_with_imapclient_and_imaplib(server: ServerProcess, user: str) -> None:

@@ -100,7 +100,10 @@ def parse_key(p: Parser, depth: int = 0) -> Key:
     if name in _DATE_ARG:
         return Key(name, p.search_date().date())
     if name in _NUMBER_ARG:
-        return Key(name, p.number(limit=2**63 - 1))
+        # RFC 9051 9: LARGER/SMALLER take a number64; RFC 5032 4: OLDER/YOUNGER an nz-number
+        if name in ("OLDER", "YOUNGER"):
+            return Key(name, p.number(nz=True))
+        return Key(name, p.number64())
     if name in ("KEYWORD", "UNKEYWORD"):
         return Key(name, p.flag())
     if name == "HEADER":
@@ -110,11 +113,15 @@ def parse_key(p: Parser, depth: int = 0) -> Key:
     if name == "UID":
         return Key(name, p.seq_set())
     if name == "MODSEQ":
-        # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
+        # RFC 7162 3.1.5 / 7: MODSEQ [entry-name SP entry-type-req SP] mod-sequence-valzer, where
+        # entry-name = DQUOTE "/flags/" attr-flag DQUOTE and entry-type-req = "priv" / "shared" / "all".
+        # Metadata items have no mod-sequences of their own here: the message's MODSEQ is compared.
         if p.next_byte() == b'"':
-            p.quoted()
+            if not p.quoted().lower().startswith(b"/flags/"):
+                raise p.error('an entry name "/flags/..."')
             p.sp()
-            p.atom()
+            if p.atom().lower() not in ("priv", "shared", "all"):
+                raise p.error("priv, shared or all")
             p.sp()
         return Key(name, p.number64())
     raise p.error("a search key")

@@ -1391,10 +1391,12 @@ _RETURN_OPTS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
 def _return_options(p: Parser) -> list[str] | None:
     if not p.take(b"RETURN "):
         return None
+    # RFC 4466 2.6: search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
     p.expect(b"(")
     opts: list[str] = []
     while not p.take(b")"):
-        p.take(b" ")
+        if opts:
+            p.sp()
         word = p.atom().upper()
         if word not in _RETURN_OPTS:
             raise Bad(f"unknown SEARCH return option {word}")
