@@ -512,11 +512,13 @@ def _modseqs(c: Raw) -> list[int]:
 
 def test_modseq_key(server: ServerProcess, user: str) -> None:
     c = corpus(server, user)
-    # RFC 7162 3.1: a SEARCH with MODSEQ turns CONDSTORE on; the answer ends in (MODSEQ highest-found)
+    # RFC 7162 3.1: a SEARCH with MODSEQ turns CONDSTORE on, which announces the HIGHESTMODSEQ once; the
+    # answer ends in (MODSEQ highest-found)
     untagged = c.ok("SEARCH MODSEQ 1")
-    assert len(untagged) == 1
     before = _modseqs(c)
-    assert untagged[0] == b"* SEARCH 1 2 3 4 5 (MODSEQ %d)\r\n" % max(before)
+    assert len(untagged) == 2
+    assert untagged[0].startswith(b"* OK [HIGHESTMODSEQ %d] " % max(before))
+    assert untagged[1] == b"* SEARCH 1 2 3 4 5 (MODSEQ %d)\r\n" % max(before)
     c.ok("STORE 2 +FLAGS.SILENT (\\Seen)")
     c.ok("STORE 4 +FLAGS.SILENT ($Done)")
     after = _modseqs(c)
@@ -679,7 +681,8 @@ def test_imap4rev2_search_answers_esearch(server: ServerProcess, user: str) -> N
     assert untagged == [b'* ESEARCH (TAG "%s") ALL 1,4\r\n' % tagged.split()[0]]
     # CONDSTORE's MODSEQ item rides on the ESEARCH response (RFC 7162 3.1.5)
     untagged, tagged = c.cmd("SEARCH MODSEQ 1 SEEN")
-    m = re.fullmatch(rb'\* ESEARCH \(TAG "t\d+"\) ALL 1 MODSEQ (\d+)\r\n', untagged[0])
+    assert len(untagged) == 2 and untagged[0].startswith(b"* OK [HIGHESTMODSEQ ")
+    m = re.fullmatch(rb'\* ESEARCH \(TAG "t\d+"\) ALL 1 MODSEQ (\d+)\r\n', untagged[1])
     assert m is not None, untagged
     assert c.ok("FETCH 1 (MODSEQ)") == [b"* 1 FETCH (MODSEQ (%s))\r\n" % m.group(1)]
 

@@ -192,6 +192,7 @@ def test_sort_search_keys_charset_and_uid(server: ServerProcess, user: str) -> N
 def test_sort_modseq(server: ServerProcess, user: str) -> None:
     """RFC 7162 3.1.5 and 7: with a MODSEQ criterion, SORT ends in (MODSEQ highest-found), as SEARCH does."""
     c = sort_corpus(server, user)
+    c.ok("ENABLE CONDSTORE")
     c.ok("STORE 2 +FLAGS.SILENT ($X)")
     modseqs = {}
     for line in c.ok("FETCH 1:* (MODSEQ)"):
