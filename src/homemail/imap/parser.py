@@ -206,6 +206,10 @@ class Parser:
         ranges: list[tuple[int, int]] = []
         for item in raw.split(b","):
             a, _, b = item.partition(b":")
+            if len(a) > 10 or len(b) > 10:
+                # Over 32 bits for sure; and int() refuses strings of thousands of digits with a ValueError.
+                self.pos -= len(raw)
+                raise self.error("sequence numbers from 1 to 4294967295")
             lo = STAR if a == b"*" else int(a)
             hi = lo if not b else (STAR if b == b"*" else int(b))
             if (a != b"*" and not 0 < lo <= MAX_NUMBER) or (b and b != b"*" and not 0 < hi <= MAX_NUMBER):

@@ -23,7 +23,8 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
     if mode not in ("plain", "implicit"):
         raise ValueError(f"unknown IMAP listener mode {mode!r}")
     implicit = mode == "implicit"
-    per_ip: Counter[str] = Counter()
+    # One count per address for both listeners (STARTTLS and implicit TLS): the limit is the IMAP service's.
+    per_ip: Counter[str] = services.extras.setdefault("imap.connections_per_ip", Counter())
     limit = services.config.imap.max_connections_per_ip
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -176,6 +176,12 @@ class Session:
                 await conn.flush()
         except Bye as e:
             conn.write(b"* BYE " + e.text.encode() + b"\r\n")
+        except LineTooLong:
+            # Inside a command (the line that ends IDLE, an AUTHENTICATE response): as between commands.
+            conn.write(b"* BYE line too long\r\n")
+        except TimeoutError:
+            # RFC 9051 5.4: the autologout timer ran out inside a command (an AUTHENTICATE exchange).
+            conn.write(b"* BYE autologout; idle for too long\r\n")
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -196,7 +202,11 @@ class Session:
     async def _on_literal(self, parts: list[bytes], size: int, sync: bool) -> None:
         first = parts[0]
         words = first.split(b" ", 3)
-        tag = words[0] if words and words[0] else b"*"
+        # The tag as the command loop would read it; without one the answer is an untagged BAD (RFC 9051 7.1.3).
+        try:
+            tag = Parser(first).tag()
+        except ParseError:
+            tag = b"*"
         name = words[1].upper() if len(words) > 1 else b""
         if name == b"UID" and len(words) > 2:
             name = words[2].upper()
@@ -207,6 +217,8 @@ class Session:
         )
         self._literal_total += size
         if size > limit or self._literal_total > limit:
+            if tag == b"*":
+                raise LiteralRefused(tag, b"BAD", "literal too large", b"TOOBIG", close=not sync)
             if name == b"APPEND":
                 # RFC 7889 4: a message over APPENDLIMIT is refused with TOOBIG before it is sent.
                 raise LiteralRefused(tag, b"NO", "message too large", b"TOOBIG", close=not sync)
@@ -266,7 +278,7 @@ class Session:
             self.conn.write(tag + b" NO [SERVERBUG] " + str(e).encode("utf-8", "replace") + b"\r\n")
         except _Answered:
             self.bad_count = 0
-        except (Bye, ConnectionError, OSError, asyncio.CancelledError):
+        except (Bye, LineTooLong, ConnectionError, OSError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("IMAP command %s failed", name)
@@ -329,19 +341,21 @@ class Session:
                 raise Bye("the selected mailbox was deleted") from None
             last = view.uids[-1] if view.uids else 0
             lines: list[bytes] = []
-            known = {f for m in view.info.values() for f in m.flags}
+            # RFC 9051 7.3.5: FLAGS again only when a keyword new to the mailbox appears; the system flags are
+            # always in the list.
+            known = {f for m in view.info.values() for f in m.flags if not f.startswith("\\")}
             new_flags = False
             for m in ch.changed:
                 old = view.info.get(m.uid)
                 if old is None:
                     if m.uid > last:
                         new.append(m)
-                        new_flags = new_flags or not m.flags <= known
+                        new_flags = new_flags or any(f not in known and f[:1] != "\\" for f in m.flags)
                     continue
                 if m.modseq <= old.modseq:
                     continue
                 view.info[m.uid] = m
-                new_flags = new_flags or not m.flags <= known
+                new_flags = new_flags or any(f not in known and f[:1] != "\\" for f in m.flags)
                 if m.uid in view.gone or (m.flags == old.flags and not self.condstore):
                     continue
                 items = b"UID %d FLAGS %s" % (m.uid, self.flags_of(view, m))
@@ -554,7 +568,7 @@ def _b64(line: bytes) -> bytes:
 async def _sasl_line(s: Session, challenge: bytes) -> bytes:
     s.conn.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
     await s.conn.flush()
-    async with asyncio.timeout(PREAUTH_TIMEOUT):
+    async with asyncio.timeout(min(s.config.idle_timeout, PREAUTH_TIMEOUT)):
         line = await s.conn.readline(s.config.max_line_length)
     if line is None:
         raise Bye("connection closed during authentication")
