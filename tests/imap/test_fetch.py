@@ -490,7 +490,11 @@ def modseq(line: bytes) -> int:
 
 
 def test_modseq_and_changedsince(box: Raw) -> None:
-    first = modseq(one(box, "FETCH 1 MODSEQ"))
+    # The first CONDSTORE-enabling command announces the mailbox's HIGHESTMODSEQ (RFC 7162 3.1).
+    enabling = box.ok("FETCH 1 MODSEQ")
+    assert len(enabling) == 2 and enabling[0].startswith(b"* OK [HIGHESTMODSEQ "), enabling
+    first = modseq(enabling[1])
+    assert enabling[1] == b"* 1 FETCH (MODSEQ (%d))\r\n" % first
     assert one(box, "FETCH 1 MODSEQ") == b"* 1 FETCH (MODSEQ (%d))\r\n" % first
     # Fetching MODSEQ enabled CONDSTORE: FLAGS responses now carry MODSEQ (RFC 7162 3.1).
     both = box.ok("FETCH 1:2 FLAGS")
@@ -516,7 +520,8 @@ def test_body_seen_reports_modseq_with_condstore(box: Raw) -> None:
     box.ok("ENABLE CONDSTORE")
     before = modseq(one(box, "FETCH 1 MODSEQ"))
     line = one(box, "FETCH 1 BODY[]<0.4>")
-    assert line.startswith(b"* 1 FETCH (BODY[]<0> {4}\r\nFrom FLAGS (\\Seen \\Recent) MODSEQ (")
+    # The implicit \Seen is reported with the message's UID and new MODSEQ.
+    assert line.startswith(b"* 1 FETCH (UID 1 BODY[]<0> {4}\r\nFrom FLAGS (\\Seen \\Recent) MODSEQ (")
     assert modseq(line) > before
 
 

@@ -263,8 +263,13 @@ async def read_messages(store: Store, blob_ids: Sequence[str]) -> dict[str, byte
 
 
 def _literal(data: bytes, binary: bool = False) -> bytes:
-    if binary and b"\x00" in data:
-        return b"~{%d}\r\n%s" % (len(data), data)
+    if b"\x00" in data:
+        if binary:
+            return b"~{%d}\r\n%s" % (len(data), data)
+        # RFC 9051 9 / RFC 3501 9: a literal is *CHAR8, which excludes NUL, and BODY[] has no literal8 form;
+        # a message appended as binary (RFC 3516 4.4) shows its NULs as 0x80 there, as Dovecot does, keeping
+        # every offset and size. BINARY[] gives the exact octets.
+        data = data.replace(b"\x00", b"\x80")
     return b"{%d}\r\n%s" % (len(data), data)
 
 

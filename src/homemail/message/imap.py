@@ -60,6 +60,8 @@ def string(value: str | bytes | None) -> bytes:
         return b"NIL"
     b = _bytes(value)
     if len(b) > QUOTED_MAX or _NOT_QUOTABLE.search(b):
+        # RFC 3501 9: literal = "{" number "}" CRLF *CHAR8, and CHAR8 excludes NUL.
+        b = b.replace(b"\x00", b"\x80")
         return b"{%d}\r\n%s" % (len(b), b)
     if b"\\" in b or b'"' in b:
         b = b.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
