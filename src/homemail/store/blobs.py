@@ -6,10 +6,14 @@ Layout under the data folder:
 
 The database row is the commit point. At start, :meth:`BlobFiles.recover` finishes the move of every file in
 incoming/ that the database knows and deletes the others (files of messages never acknowledged).
+
+Recovery only runs when no other process has the store open (``store.lock``, see :meth:`BlobFiles.lock`): the
+CLI opens the store while the server runs, and the server's incoming/ then holds files of commits in progress.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import time
@@ -30,6 +34,40 @@ class BlobFiles:
         self.fsync = fsync
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+
+    def lock(self) -> bool:
+        """Take the data folder's lock; True when this is the only process with the store open, so
+        :meth:`recover` may run. Call :meth:`share` after recovery and :meth:`unlock` at close.
+
+        Every open store holds a shared lock on ``store.lock``; recovery needs the exclusive one. Without it, a
+        CLI command run while the server takes mail deleted the server's fsync'd but not yet committed files
+        (as "never committed") or moved its just-committed ones (as "not yet moved"): the commit then named a
+        missing file, the writer thread died on the failed move and every later delivery hung.
+        """
+        fd = os.open(self.root / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            # Waits only while another process runs its recovery, then shares the folder with it.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            alone = False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+        return alone
+
+    def share(self) -> None:
+        """Let other processes open the store (after recovery)."""
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def path(self, blob_id: str) -> str:
         return os.path.join(self.blobs, blob_id[-2:], blob_id)

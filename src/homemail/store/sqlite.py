@@ -185,13 +185,23 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobFiles(self.data_dir, fsync=self.fsync)
-        db = _connect(self.db_path, self.fsync)
+        # Recovery only when no other process has the store open: a running server's incoming/ holds the
+        # files of its commits in progress, which recovery would delete or move under it (blobs.py).
+        alone = self.blobs.lock()
+        try:
+            db = _connect(self.db_path, self.fsync)
+        except BaseException:
+            self.blobs.unlock()
+            raise
         try:
             migrate(db)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('change_seq', '0')")
-            self._recover(db)
+            if alone:
+                self._recover(db)
+                self.blobs.share()
         except BaseException:
             db.close()
+            self.blobs.unlock()
             raise
         self._writer_db = db
         self._readers = concurrent.futures.ThreadPoolExecutor(
@@ -236,6 +246,8 @@ class SQLiteStore(Store):
         if self._writer_db:
             self._writer_db.close()
             self._writer_db = None
+        if hasattr(self, "blobs"):
+            self.blobs.unlock()
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
