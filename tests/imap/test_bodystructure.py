@@ -435,3 +435,27 @@ def test_same_as_dovecot(mailbox: Raw, dovecot: dict[str, bytes], name: str) -> 
         raise AssertionError(
             f"differs at {i}:\n ours:    {ours[i - 80 : i + 80]!r}\n dovecot: {theirs[i - 80 : i + 80]!r}"
         )
+
+
+def test_message_global_depends_on_the_grammar(server: ServerProcess, user: str) -> None:
+    msg = crlf(
+        "From: a@example.org\nContent-Type: multipart/mixed; boundary=g\n\n"
+        "--g\nContent-Type: message/global\n\nSubject: inner\n\nhi\n"
+        "--g--\n"
+    )
+    c = Raw(server.port("imap"))
+    c.login(user, PASSWORD)
+    c.ok(b"APPEND INBOX {%d}\r\n%s" % (len(msg), msg))
+    c.ok("EXAMINE INBOX")
+    # RFC 3501 9: media-message is only MESSAGE/RFC822, so MESSAGE/GLOBAL is a body-type-basic...
+    assert fetch(c, 1, "BODYSTRUCTURE") == (
+        b'(("MESSAGE" "GLOBAL" NIL NIL NIL "7BIT" 20 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "g") NIL NIL NIL)'
+    )
+    assert fetch(c, 1, "BODY") == b'(("MESSAGE" "GLOBAL" NIL NIL NIL "7BIT" 20) "MIXED")'
+    # ... while RFC 9051 9 describes it like MESSAGE/RFC822, with envelope, body and lines.
+    c.ok("ENABLE IMAP4rev2")
+    assert fetch(c, 1, "BODYSTRUCTURE") == (
+        b'(("MESSAGE" "GLOBAL" NIL NIL NIL "7BIT" 20 (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL) '
+        b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 2 0 NIL NIL NIL NIL) 2 NIL NIL NIL NIL) '
+        b'"MIXED" ("BOUNDARY" "g") NIL NIL NIL)'
+    )

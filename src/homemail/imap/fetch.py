@@ -222,18 +222,19 @@ class SummaryCache:
         if missing:
             while len(cache) > self.capacity:
                 old, _ = cache.popitem(last=False)
-                for kind in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
+                for kind in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY/rev1", "BODYSTRUCTURE/rev1"):
                     self._rendered.pop((old, kind), None)
         return out
 
-    def rendered(self, blob_id: str, kind: str, pm: ParsedMessage) -> bytes:
-        key = (blob_id, kind)
+    def rendered(self, blob_id: str, kind: str, pm: ParsedMessage, rev2: bool = True) -> bytes:
+        # BODY and BODYSTRUCTURE differ between the grammars when there is a MESSAGE/GLOBAL part.
+        key = (blob_id, kind if rev2 or kind == "ENVELOPE" else kind + "/rev1")
         value = self._rendered.get(key)
         if value is None:
             if kind == "ENVELOPE":
                 value = mimap.envelope(pm.envelope)
             else:
-                value = mimap.bodystructure(pm.body, kind == "BODYSTRUCTURE")
+                value = mimap.bodystructure(pm.body, kind == "BODYSTRUCTURE", rev2)
             self._rendered[key] = value
         return value
 
@@ -295,9 +296,17 @@ def check_binary(items: Sequence[Item], pm: ParsedMessage) -> None:
 
 
 def render_item(
-    item: Item, info: MessageInfo, pm: ParsedMessage | None, data: bytes | None, blob_id: str
+    item: Item,
+    info: MessageInfo,
+    pm: ParsedMessage | None,
+    data: bytes | None,
+    blob_id: str,
+    rev2: bool = True,
 ) -> bytes:
-    """One ``name value`` pair of a FETCH response (not UID, FLAGS or MODSEQ: the caller adds those)."""
+    """One ``name value`` pair of a FETCH response (not UID, FLAGS or MODSEQ: the caller adds those).
+
+    ``rev2``: the session speaks IMAP4rev2 (RFC 9051), which changes the BODYSTRUCTURE of MESSAGE/GLOBAL.
+    """
     kind = item.kind
     if kind == "INTERNALDATE":
         return b"INTERNALDATE " + encode.internaldate(info.internaldate)
@@ -305,7 +314,7 @@ def render_item(
         return b"RFC822.SIZE %d" % info.size
     if kind in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
         assert pm is not None
-        return item.label + b" " + SUMMARIES.rendered(blob_id, kind, pm)
+        return item.label + b" " + SUMMARIES.rendered(blob_id, kind, pm, rev2)
     assert data is not None
     if kind == "RFC822":
         return b"RFC822 " + _literal(data)

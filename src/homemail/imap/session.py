@@ -1265,7 +1265,7 @@ async def render_fetch(
                 elif kind == "MODSEQ":
                     parts.append(b"MODSEQ (%d)" % m.modseq)
                 else:
-                    parts.append(fetch.render_item(item, m, pm, data, m.blob_id))
+                    parts.append(fetch.render_item(item, m, pm, data, m.blob_id, s.rev2))
             if m.uid in seen_changed and not has_flags:
                 parts.append(b"FLAGS " + s.flags_of(view, m))
             if s.condstore and (has_flags or m.uid in seen_changed) and not has_modseq:

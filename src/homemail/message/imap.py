@@ -140,13 +140,13 @@ def _extension(part: BodyPart) -> bytes:
     return b"%s %s %s" % (dsp_b, lang, string(part.location))
 
 
-def _body(part: BodyPart, extended: bool, out: list[bytes]) -> None:
+def _body(part: BodyPart, extended: bool, out: list[bytes], rev2: bool) -> None:
     out.append(b"(")
     if part.type == "multipart":
         # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
         if part.parts:
             for child in part.parts:
-                _body(child, extended, out)
+                _body(child, extended, out, rev2)
         else:
             out.append(_EMPTY_BODY)
         out.append(b" " + _token(part.subtype))
@@ -167,10 +167,12 @@ def _body(part: BodyPart, extended: bool, out: list[bytes]) -> None:
             part.size,
         )
     )
-    if part.message is not None:
+    # RFC 9051 9: media-message is MESSAGE/RFC822 or MESSAGE/GLOBAL; RFC 3501 9 knows only MESSAGE/RFC822,
+    # so for an IMAP4rev1 client MESSAGE/GLOBAL is a body-type-basic (no envelope, body or lines).
+    if part.message is not None and (rev2 or part.subtype == "rfc822"):
         # body-type-msg = media-message SP body-fields SP envelope SP body SP body-fld-lines
         out.append(b" " + envelope(part.message[0]) + b" ")
-        _body(part.message[1], extended, out)
+        _body(part.message[1], extended, out, rev2)
         out.append(b" %d" % (part.lines or 0))
     elif part.type == "text":
         # body-type-text = media-text SP body-fields SP body-fld-lines
@@ -181,10 +183,13 @@ def _body(part: BodyPart, extended: bool, out: list[bytes]) -> None:
     out.append(b")")
 
 
-def bodystructure(part: BodyPart, extended: bool = True) -> bytes:
-    """BODYSTRUCTURE (``extended``) or the non-extensible BODY form, RFC 3501 7.4.2 / RFC 9051 7.5.2."""
+def bodystructure(part: BodyPart, extended: bool = True, rev2: bool = True) -> bytes:
+    """BODYSTRUCTURE (``extended``) or the non-extensible BODY form, RFC 3501 7.4.2 / RFC 9051 7.5.2.
+
+    ``rev2``: the IMAP4rev2 grammar, where MESSAGE/GLOBAL is described like MESSAGE/RFC822.
+    """
     out: list[bytes] = []
-    _body(part, extended, out)
+    _body(part, extended, out, rev2)
     return b"".join(out)
 
 
