@@ -53,6 +53,10 @@ def test_enable_and_highestmodseq(server: ServerProcess, user: str) -> None:
     c = connect(server, user)
     assert c.ok("ENABLE CONDSTORE") == [b"* ENABLED CONDSTORE\r\n"]
     assert c.ok("ENABLE CONDSTORE") == [b"* ENABLED\r\n"]
+    s = connect(server, user)
+    s.ok("SELECT INBOX")
+    assert s.ok("ENABLE QRESYNC") == [b"* ENABLED QRESYNC\r\n", b"* OK [HIGHESTMODSEQ 1] highest modseq\r\n"]
+    assert s.ok("ENABLE CONDSTORE") == [b"* ENABLED\r\n"]
     untagged = c.ok("SELECT INBOX")
     assert code(untagged, b"HIGHESTMODSEQ") == 1  # never 0, and never NOMODSEQ: mod-sequences persist
     assert not any(b"NOMODSEQ" in line for line in untagged)
@@ -62,9 +66,9 @@ def test_enable_and_highestmodseq(server: ServerProcess, user: str) -> None:
     untagged = c.ok("NOOP")
     assert untagged == [b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"]
     assert c.ok("FETCH 1 (MODSEQ)") == [b"* 1 FETCH (MODSEQ (2))\r\n"]
-    assert c.ok("STORE 1 +FLAGS (\\Seen)") == [b"* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (3))\r\n"]
+    assert c.ok("STORE 1 +FLAGS (\\Seen)") == [b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) MODSEQ (3))\r\n"]
     assert c.ok("STORE 1 +FLAGS (\\Deleted)") == [
-        b"* 1 FETCH (FLAGS (\\Deleted \\Seen \\Recent) MODSEQ (4))\r\n"
+        b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Seen \\Recent) MODSEQ (4))\r\n"
     ]
     untagged, tagged = c.cmd("EXPUNGE")
     assert untagged == [b"* 1 EXPUNGE\r\n"]
@@ -88,8 +92,28 @@ def test_condstore_enabling_commands(server: ServerProcess, user: str) -> None:
     e = connect(server, user)
     e.ok("SELECT INBOX")
     assert e.ok("FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS (\\Seen))\r\n"]
-    assert e.ok("FETCH 1 (FLAGS MODSEQ)") == [b"* 1 FETCH (FLAGS (\\Seen) MODSEQ (2))\r\n"]
+    # The first CONDSTORE-enabling command with a mailbox selected reports its HIGHESTMODSEQ (RFC 7162 3.1).
+    assert e.ok("FETCH 1 (FLAGS MODSEQ)") == [
+        b"* OK [HIGHESTMODSEQ 2] highest modseq\r\n",
+        b"* 1 FETCH (FLAGS (\\Seen) MODSEQ (2))\r\n",
+    ]
     assert e.ok("FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS (\\Seen) MODSEQ (2))\r\n"]
+
+
+def test_implicit_seen_reports_uid_and_modseq(server: ServerProcess, user: str) -> None:
+    c = connect(server, user, "CONDSTORE")
+    append(c, count=2)
+    top = code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
+    # RFC 7162 3.1: a FETCH that sets \Seen implicitly reports UID, FLAGS and MODSEQ.
+    untagged = c.ok("FETCH 2 BODY[HEADER.FIELDS (SUBJECT)]")
+    assert untagged == [
+        b"* 2 FETCH (UID 2 BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: hello\r\n\r\n"
+        b" FLAGS (\\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 1)
+    ]
+    # Already \Seen: nothing changes, so only what was asked for.
+    assert c.ok("FETCH 2 BODY[HEADER.FIELDS (SUBJECT)]") == [
+        b"* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: hello\r\n\r\n)\r\n"
+    ]
 
 
 def test_changedsince_and_search_modseq(server: ServerProcess, user: str) -> None:

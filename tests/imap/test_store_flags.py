@@ -187,10 +187,11 @@ def test_condstore_store_reports_modseq(server: ServerProcess, user: str) -> Non
     append(c, count=3)
     top = highestmodseq(c.ok("SELECT INBOX"))
     line = c.ok("STORE 1 +FLAGS (\\Seen)")[0]
-    assert line == b"* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 1)
+    # RFC 7162 3.1: with CONDSTORE on, the FETCH responses of a STORE carry UID and MODSEQ.
+    assert line == b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 1)
     # No change, no new MODSEQ (RFC 7162 3.1.3).
     assert c.ok("STORE 1 +FLAGS (\\Seen)") == [
-        b"* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 1)
+        b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 1)
     ]
     # One STORE over several messages: one new MODSEQ.
     assert c.ok("UID STORE 2:3 +FLAGS (\\Flagged)") == [
@@ -198,7 +199,7 @@ def test_condstore_store_reports_modseq(server: ServerProcess, user: str) -> Non
         b"* 3 FETCH (UID 3 FLAGS (\\Flagged \\Recent) MODSEQ (%d))\r\n" % (top + 2),
     ]
     # With .SILENT the new MODSEQ still goes out (RFC 7162 3.1.3), for the changed messages only.
-    assert c.ok("STORE 1:3 +FLAGS.SILENT (\\Flagged)") == [b"* 1 FETCH (MODSEQ (%d))\r\n" % (top + 3)]
+    assert c.ok("STORE 1:3 +FLAGS.SILENT (\\Flagged)") == [b"* 1 FETCH (UID 1 MODSEQ (%d))\r\n" % (top + 3)]
     assert c.ok("UID STORE 1 -FLAGS.SILENT (\\Flagged)") == [b"* 1 FETCH (UID 1 MODSEQ (%d))\r\n" % (top + 4)]
     assert c.ok("FETCH 1:3 (MODSEQ)") == [
         b"* 1 FETCH (MODSEQ (%d))\r\n" % (top + 4),
@@ -219,9 +220,11 @@ def test_unchangedsince(server: ServerProcess, user: str) -> None:
     untagged, tagged = c.cmd(f"STORE 1:3 (UNCHANGEDSINCE {top}) +FLAGS (\\Deleted)")
     assert tagged == b"t6 OK [MODIFIED 2] conditional STORE failed for some messages\r\n"
     # The other session's change to message 2 is announced after (the client needs it to try again).
+    # Enabling CONDSTORE with a mailbox selected reports where its MODSEQs start (RFC 7162 3.1).
     assert untagged == [
-        b"* 1 FETCH (FLAGS (\\Deleted \\Recent) MODSEQ (%d))\r\n" % (top + 2),
-        b"* 3 FETCH (FLAGS (\\Deleted \\Recent) MODSEQ (%d))\r\n" % (top + 2),
+        b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % top,
+        b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent) MODSEQ (%d))\r\n" % (top + 2),
+        b"* 3 FETCH (UID 3 FLAGS (\\Deleted \\Recent) MODSEQ (%d))\r\n" % (top + 2),
         b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 1),
     ]
     # UID STORE reports UIDs in MODIFIED.
@@ -240,7 +243,7 @@ def test_unchangedsince(server: ServerProcess, user: str) -> None:
     # The conditional store succeeds when the MODSEQ is current.
     untagged, tagged = c.cmd(f"STORE 2 (UNCHANGEDSINCE {top + 1}) +FLAGS (\\Answered)")
     assert tagged == b"t10 OK STORE completed\r\n"
-    assert untagged == [b"* 2 FETCH (FLAGS (\\Answered \\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 3)]
+    assert untagged == [b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Seen \\Recent) MODSEQ (%d))\r\n" % (top + 3)]
 
 
 def test_other_session_sees_flag_changes(server: ServerProcess, user: str) -> None:

@@ -315,6 +315,15 @@ class Session:
         if self.state == SELECTED:
             self.state = AUTH
 
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 3.1). The first one issued with a mailbox selected reports that
+        mailbox's HIGHESTMODSEQ, the point from which the session's FETCH responses carry MODSEQ."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            self.untagged(b"OK [HIGHESTMODSEQ %d] highest modseq" % self.selected.modseq)
+
     def flags_of(self, view: Selected, info: MessageInfo) -> bytes:
         if not self.rev2 and info.uid in view.recent:
             return encode.flag_list(info.flags | {"\\Recent"})
@@ -491,6 +500,7 @@ async def cmd_enable(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         p.sp()
         names.append(p.atom().upper())
     p.end()
+    was_condstore = s.condstore
     for name in names:
         if name == "CONDSTORE" and not s.condstore:
             s.condstore = True
@@ -503,6 +513,8 @@ async def cmd_enable(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
             s.rev2 = True
             enabled.append("IMAP4rev2")
     s.untagged(b"ENABLED" + b"".join(b" " + n.encode() for n in enabled))
+    if s.selected is not None and ("CONDSTORE" in enabled or "QRESYNC" in enabled) and not was_condstore:
+        s.untagged(b"OK [HIGHESTMODSEQ %d] highest modseq" % s.selected.modseq)
     return None
 
 
@@ -870,7 +882,7 @@ async def cmd_status(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     items = _status_items(p)
     p.end()
     if "HIGHESTMODSEQ" in items:
-        s.condstore = True  # RFC 7162 3.1: a CONDSTORE-enabling command
+        s.enable_condstore()  # RFC 7162 3.1: a CONDSTORE-enabling command
     mb = await s.get_mailbox(name)
     s.untagged(await _status_line(s, mb, items))
     return None
@@ -1198,7 +1210,7 @@ async def cmd_fetch(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     uids, items, changedsince, _ = await _fetch_items(s, p, uid)
     names = {i.kind for i in items}
     if changedsince is not None or "MODSEQ" in names:
-        s.condstore = True  # RFC 7162 3.1: CONDSTORE-enabling
+        s.enable_condstore()  # RFC 7162 3.1: CONDSTORE-enabling
     if changedsince is not None:
         uids = [u for u in uids if view.info[u].modseq > changedsince]
         if "MODSEQ" not in names:
@@ -1238,6 +1250,7 @@ async def render_fetch(
     need_data = any(i.needs_data for i in items)
     has_flags = any(i.kind == "FLAGS" for i in items)
     has_modseq = any(i.kind == "MODSEQ" for i in items)
+    has_uid = any(i.kind == "UID" for i in items)
     conn = s.conn
     missing = 0
     batch = 500 if need_data else 5000
@@ -1268,6 +1281,8 @@ async def render_fetch(
                     parts.append(fetch.render_item(item, m, pm, data, m.blob_id, s.rev2))
             if m.uid in seen_changed and not has_flags:
                 parts.append(b"FLAGS " + s.flags_of(view, m))
+            if s.condstore and m.uid in seen_changed and not has_uid:
+                parts.insert(0, b"UID %d" % m.uid)  # RFC 7162 3.1: \Seen set implicitly: UID and MODSEQ
             if s.condstore and (has_flags or m.uid in seen_changed) and not has_modseq:
                 parts.append(b"MODSEQ (%d)" % m.modseq)
             out.append(b"* %d FETCH (%s)\r\n" % (view.seq(m.uid), b" ".join(parts)))
@@ -1288,7 +1303,7 @@ async def cmd_store(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         unchangedsince = p.number64()
         p.expect(b")")
         p.sp()
-        s.condstore = True
+        s.enable_condstore()
     op = FlagOp.ADD if p.take(b"+") else FlagOp.REMOVE if p.take(b"-") else FlagOp.SET
     p.expect(b"FLAGS", "FLAGS, +FLAGS or -FLAGS")
     silent = p.take(b".SILENT")
@@ -1322,11 +1337,11 @@ async def cmd_store(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         if silent:
             # RFC 7162 3.1.3: with CONDSTORE on, .SILENT still reports the new MODSEQ of changed messages.
             if s.condstore and u in changed:
-                ident = b"UID %d " % u if uid else b""
-                out.append(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (view.seq(u), ident, m.modseq))
+                out.append(b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (view.seq(u), u, m.modseq))
             continue
         items = b"FLAGS " + s.flags_of(view, m)
-        if uid:
+        if uid or s.condstore:
+            # RFC 7162 3.1: once CONDSTORE is on, the FETCH responses a STORE causes carry UID and MODSEQ.
             items = b"UID %d " % u + items
         if s.condstore:
             items += b" MODSEQ (%d)" % m.modseq
@@ -1439,7 +1454,7 @@ async def _search_matches(s: Session, view: Selected, q: search.Query) -> list[s
     match = search.matcher(q.key, view.exists, largest, view.saved, search.now_utc())
     cands = await _candidates(s, view, q)
     if q.uses_modseq:
-        s.condstore = True
+        s.enable_condstore()
     return await search.run_async(cands, match, q.needs_data)
 
 
