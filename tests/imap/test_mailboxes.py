@@ -277,6 +277,13 @@ def test_delete_selected_mailbox(server: ServerProcess, user: str) -> None:
     assert tagged == b"t5 OK NOOP completed\r\n"
     _, tagged = c.cmd("FETCH 1 FLAGS")
     assert tagged.startswith(b"t6 BAD")
+    # The same after a RENAME of the selected mailbox: the session leaves it and stays connected.
+    c.ok("CREATE Temp")
+    c.ok("SELECT Temp")
+    c.ok("RENAME Temp Renamed")
+    assert c.cmd("DELETE Renamed") == ([], b"t10 OK DELETE completed\r\n")
+    assert c.cmd("NOOP") == ([], b"t11 OK NOOP completed\r\n")
+    assert c.cmd("FETCH 1 FLAGS")[1].startswith(b"t12 BAD")
 
 
 def test_rename_moves_children(server: ServerProcess, user: str) -> None:

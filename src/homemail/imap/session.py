@@ -774,8 +774,11 @@ async def cmd_delete(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     p.end()
     if name == "INBOX":
         raise No("INBOX cannot be deleted", code=b"CANNOT")
-    if s.selected is not None and s.selected.mailbox.name == name:
-        s.unselect()
+    if s.selected is not None:
+        # By id: the selected mailbox may have been renamed since it was selected.
+        target = await s.store.get_mailbox(s.account_id, name)
+        if target is not None and target.id == s.selected.mailbox.id:
+            s.unselect()
     try:
         await s.store.delete_mailbox(s.account_id, name)
     except NotFound:
