@@ -106,7 +106,8 @@ class KnotServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"knotd exited: {(self.root / 'stderr').read_text()}")
             try:
-                if self.query(first, "SOA"):
+                # A short timeout: a query sent before knotd listens gets no answer at all (UDP).
+                if self.query(first, "SOA", timeout=0.2):
                     return self
             except Exception:
                 pass
@@ -142,10 +143,10 @@ class KnotServer:
             time.sleep(0.05)
         raise RuntimeError(f"knot did not load the new {name} zone")
 
-    def query(self, name: str, rdtype: str) -> list[str]:
+    def query(self, name: str, rdtype: str, timeout: float = 2) -> list[str]:
         """Ask knot directly (not through homemail): the answer's records as text."""
         q = dns.message.make_query(name.rstrip(".") + ".", dns.rdatatype.from_text(rdtype))
-        r = dns.query.udp(q, self.host, port=self.port, timeout=2)
+        r = dns.query.udp(q, self.host, port=self.port, timeout=timeout)
         return [rd.to_text() for rrset in r.answer for rd in rrset]
 
     def stop(self) -> None:

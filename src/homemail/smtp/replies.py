@@ -24,7 +24,10 @@ class Reply:
         last = len(lines) - 1
         for i, line in enumerate(lines):
             sep = " " if i == last else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" ") + "\r\n")
+            text = f"{self.code}{sep}{prefix}{line}"
+            # A SASL challenge keeps its space even when empty ("334 "): RFC 4954 4 sends the challenge as the
+            # reply's text, and clients (msmtp, GNU SASL) read "334" alone as a malformed reply.
+            out.append((text if self.code == 334 else text.rstrip(" ")) + "\r\n")
         return "".join(out).encode("utf-8", "replace")
 
     @property

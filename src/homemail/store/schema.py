@@ -128,6 +128,49 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (domain, selector)
     ) WITHOUT ROWID;
     """,
+    # 2 -> 3: queue ids are never reused (AUTOINCREMENT). With plain rowids a message or recipient that left the
+    # queue gave its id to the next one, so the outcome of an attempt still in flight for a deleted message was
+    # written onto a new message's recipient, and an id read from `queue list` could name another message by
+    # the time it was used.
+    """
+    CREATE TABLE queue_message_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sender TEXT NOT NULL,
+        blob_id TEXT NOT NULL REFERENCES blob(id),
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        account_id INTEGER,
+        envid TEXT,
+        ret TEXT,
+        smtputf8 INTEGER NOT NULL DEFAULT 0,
+        body8bit INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO queue_message_new SELECT id, sender, blob_id, size, created, account_id, envid, ret, smtputf8,
+        body8bit FROM queue_message;
+    CREATE TABLE queue_recipient_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id INTEGER NOT NULL REFERENCES queue_message_new(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL COLLATE NOCASE,
+        notify TEXT,
+        orcpt TEXT,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        remote TEXT NOT NULL DEFAULT '',
+        delay_notified INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO queue_recipient_new SELECT id, message_id, address, domain, notify, orcpt, state, attempts,
+        next_attempt, last_error, remote, delay_notified FROM queue_recipient;
+    DROP TABLE queue_recipient;
+    DROP TABLE queue_message;
+    -- Renaming also renames the reference in queue_recipient_new (SQLite 3.26+).
+    ALTER TABLE queue_message_new RENAME TO queue_message;
+    ALTER TABLE queue_recipient_new RENAME TO queue_recipient;
+    CREATE INDEX queue_recipient_due ON queue_recipient (state, next_attempt);
+    CREATE INDEX queue_recipient_message ON queue_recipient (message_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
