@@ -10,9 +10,11 @@ not meet another's connections.
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -250,6 +252,23 @@ def test_unknown_commands(client: Raw) -> None:
     assert client.cmd("CLOSE") == ([], b"t2 BAD CLOSE is not allowed in the authenticated state\r\n")
 
 
+def test_response_text_is_seven_bit_and_one_line(client: Raw) -> None:
+    # RFC 9051 9: resp-text is TEXT-CHARs, 7-bit before ENABLE IMAP4rev2; what the client sent and the server
+    # quotes back in an error must neither carry 8-bit octets nor end the response early.
+    seven_bit = re.compile(rb"[\x20-\x7e]*\r\n")
+    for line in ["x1 SELECT INBOX \xe9t\xe9", "x2 NOOP \x80\xff", "\xe9 NOOP", "x3 CREATE (\x01)"]:
+        client.send(line.encode("latin-1") + b"\r\n")
+        resp = client.response()
+        assert seven_bit.fullmatch(resp) and b" BAD " in resp, resp
+    client.ok("SELECT INBOX")
+    # A charset name from a literal, with a CRLF and UTF-8 in it: one NO, its text escaped.
+    untagged, tagged = client.cmd(b"SEARCH CHARSET {7}\r\nA\r\nB \xc3\xa9 ALL")
+    assert untagged == [], untagged
+    assert tagged.startswith(b"t3 NO [BADCHARSET (UTF-8 US-ASCII)] ") and seven_bit.fullmatch(tagged), tagged
+    assert tagged.endswith(b" charset A\\r\\nB \\xc9 is not supported\r\n")  # upper-cased, then escaped
+    assert client.ok("NOOP") == []
+
+
 # --- literals ----------------------------------------------------------------------------------------------------
 
 
@@ -343,6 +362,26 @@ def test_long_line_during_idle_and_authenticate(server: ServerProcess, user: str
     assert c.response() == b"+ \r\n"
     c.send(b"A" * (MAX_LINE + 12) + b"\r\n")
     closed_after(c, [b"* BYE "])
+
+
+def _compressed(c: Raw) -> None:
+    assert c.cmd("COMPRESS DEFLATE")[1].endswith(b" OK DEFLATE active\r\n")
+    c.deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    c.inflate = zlib.decompressobj(-15)
+
+
+def test_limits_hold_under_compression(server: ServerProcess, user: str) -> None:
+    c = RawFrom(server.port("imap"))
+    c.login(user)
+    _compressed(c)
+    # A literal over the limit is refused before it is read, and the compressed stream stays in step.
+    c.send(b"a1 APPEND INBOX {%d}\r\n" % (MAX_LITERAL + 1))
+    assert c.response() == b"a1 NO [TOOBIG] message too large\r\n"
+    assert c.ok("NOOP") == []
+    # A few hundred octets that inflate to megabytes without a line end: the line limit ends it, the server does
+    # not inflate it all into memory.
+    c.send(b"b1 NOOP " + b"x" * (8 * 1024 * 1024))
+    closed_after(c, [b"* BYE line too long\r\n"])
 
 
 # --- too many bad commands -----------------------------------------------------------------------------------------

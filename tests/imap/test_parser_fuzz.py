@@ -572,9 +572,9 @@ def _exchange(c: Raw, line: bytes) -> list[bytes]:
             assert size, (line, got)
             c.send(b"x" * int(size.group(1)) + b"\r\n")
             continue
-        if tag and resp.startswith(tag + b" "):
-            return got
-        if resp.startswith(b"* BAD ") and not tag:
+        if (tag and resp.startswith(tag + b" ")) or (resp.startswith(b"* BAD ") and not tag):
+            # RFC 9051 9: the status text is 7-bit (before IMAP4rev2) and one line, whatever the command held.
+            assert re.fullmatch(rb"[\x20-\x7e]*\r\n", resp), (line, resp)
             return got
 
 

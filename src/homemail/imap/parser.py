@@ -65,8 +65,10 @@ class Parser:
     # --- low level -------------------------------------------------------------------------------------
 
     def error(self, what: str) -> ParseError:
-        near = self.data[self.pos : self.pos + 20].split(b"\r\n")[0].decode("ascii", "replace")
-        where = f" near {near!r}" if near else " at the end of the line"
+        near = self.data[self.pos : self.pos + 20].split(b"\r\n")[0]
+        # The bytes as a Python literal without the b: 7-bit, with no CR, LF or NUL, so fit for a response's
+        # text whatever the client sent (RFC 9051 9: text = 1*TEXT-CHAR).
+        where = f" near {repr(near)[1:]}" if near else " at the end of the line"
         return ParseError(f"syntax error: expected {what}{where}")
 
     def peek(self, lit: bytes) -> bool:

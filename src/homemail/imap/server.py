@@ -42,6 +42,10 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
         try:
             session = Session(services, Conn(reader, writer, tls=implicit), starttls_allowed=not implicit)
             await session.run()
+        except asyncio.CancelledError:
+            # Shutdown: the session has said BYE. The connection's task ends quietly (asyncio reports a cancelled
+            # connection handler as an error).
+            pass
         except Exception:
             log.exception("IMAP connection from %s failed", ip)
         finally:

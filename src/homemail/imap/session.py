@@ -82,6 +82,17 @@ ANY = (NOT_AUTH, AUTH, SELECTED)
 AUTHED = (AUTH, SELECTED)
 
 
+_UNSAFE_TEXT = re.compile(r"[^\x20-\x7e]")
+
+
+def resp_text(text: str) -> bytes:
+    """A response's human-readable text. RFC 9051 9: text is TEXT-CHARs (no CR, LF or NUL), 7-bit unless
+    IMAP4rev2 is enabled; texts can carry what a client sent (a charset name, a mailbox name), so anything else is
+    escaped: a CRLF there would end the response early and start a line of the client's choosing."""
+    escaped = _UNSAFE_TEXT.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escaped.encode("ascii")
+
+
 class Session:
     def __init__(self, services: Services, conn: Conn, starttls_allowed: bool) -> None:
         self.services = services
@@ -160,7 +171,7 @@ class Session:
                     break
                 except LiteralRefused as e:
                     code = b"[" + e.code + b"] " if e.code else b""
-                    conn.write(e.tag + b" " + e.status + b" " + code + e.text.encode() + b"\r\n")
+                    conn.write(e.tag + b" " + e.status + b" " + code + resp_text(e.text) + b"\r\n")
                     if e.close:
                         conn.write(b"* BYE literal too large\r\n")
                         break
@@ -175,7 +186,7 @@ class Session:
                 await self.execute(data)
                 await conn.flush()
         except Bye as e:
-            conn.write(b"* BYE " + e.text.encode() + b"\r\n")
+            conn.write(b"* BYE " + resp_text(e.text) + b"\r\n")
         except LineTooLong:
             # Inside a command (the line that ends IDLE, an AUTHENTICATE response): as between commands.
             conn.write(b"* BYE line too long\r\n")
@@ -184,6 +195,10 @@ class Session:
             conn.write(b"* BYE autologout; idle for too long\r\n")
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The server is shutting down: RFC 9051 7.1.5 BYE, sent by the close below.
+            conn.write(b"* BYE server shutting down\r\n")
+            raise
         finally:
             self.unselect()
             with contextlib.suppress(Exception):
@@ -264,18 +279,19 @@ class Session:
             result = await cmd.handler(self, tag, p, uid)
             await self.sync(cmd.expunge_ok or uid)
             code, text = result if result is not None else (None, f"{name} completed")
-            self.conn.write(tag + b" OK " + (b"[" + code + b"] " if code else b"") + text.encode() + b"\r\n")
+            code_text = b"[" + code + b"] " if code else b""
+            self.conn.write(tag + b" OK " + code_text + resp_text(text) + b"\r\n")
             self.bad_count = 0
         except IMAPError as e:
             if isinstance(e, No) and name in COMMANDS:
                 with contextlib.suppress(IMAPError):
                     await self.sync(COMMANDS[name].expunge_ok)
             code = b"[" + e.code + b"] " if e.code else b""
-            self.conn.write(tag + b" " + e.status + b" " + code + e.text.encode("utf-8", "replace") + b"\r\n")
+            self.conn.write(tag + b" " + e.status + b" " + code + resp_text(e.text) + b"\r\n")
             if e.status == b"BAD":
                 await self._count_bad()
         except StoreError as e:
-            self.conn.write(tag + b" NO [SERVERBUG] " + str(e).encode("utf-8", "replace") + b"\r\n")
+            self.conn.write(tag + b" NO [SERVERBUG] " + resp_text(str(e)) + b"\r\n")
         except _Answered:
             self.bad_count = 0
         except (Bye, LineTooLong, ConnectionError, OSError, asyncio.CancelledError):
