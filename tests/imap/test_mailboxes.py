@@ -214,6 +214,8 @@ def test_create_existing_and_inbox(server: ServerProcess, user: str) -> None:
     assert tagged.startswith(b"t10 NO")
     _, tagged = c.cmd("CREATE a//b")
     assert tagged.startswith(b"t11 NO [CANNOT]")
+    # INBOX and what is below it are listed first.
+    assert names(c.ok('LIST "" "*"'))[:3] == [b"INBOX", b"INBOX/Sub", b"Archive"]
 
 
 def test_create_special_use(server: ServerProcess, user: str) -> None:

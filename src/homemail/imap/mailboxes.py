@@ -38,6 +38,11 @@ def canonical_pattern(reference: str, pattern: str) -> str:
     return full
 
 
+def _order(name: str) -> tuple[bool, str]:
+    """LIST order: INBOX and the names below it first, then the rest by name."""
+    return (name != "INBOX" and not name.startswith("INBOX" + SEP), name)
+
+
 def matches(name: str, patterns: list[str]) -> bool:
     return any(_pattern(p).fullmatch(name) for p in patterns)
 
@@ -79,7 +84,7 @@ def list_mailboxes(
             candidates |= {p for p in parents if any(s.startswith(p + SEP) for s in subscribed)}
     else:
         candidates = names | parents
-    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
+    for name in sorted(candidates, key=_order):
         if not matches(name, patterns):
             continue
         mb = by_name.get(name)
@@ -127,7 +132,7 @@ def lsub(subscriptions: list[str], mailboxes: list[Mailbox], patterns: list[str]
     subscribed = set(subscriptions)
     out: list[Listed] = []
     seen: set[str] = set()
-    for name in sorted(subscribed, key=lambda n: (n != "INBOX", n)):
+    for name in sorted(subscribed, key=_order):
         if matches(name, patterns):
             attrs = [] if name in existing else ["\\Noselect"]
             out.append(Listed(name, attrs))
