@@ -237,14 +237,19 @@ def test_delete(server: ServerProcess, user: str) -> None:
     c = connect(server, user)
     c.ok("CREATE Work")
     append(c, "Work")
-    assert c.cmd("DELETE Work")[1] == b"t4 OK DELETE completed\r\n"
+    append(c, "Work")
+    old = c.ok("STATUS Work (UIDVALIDITY)")[0]
+    assert c.cmd("DELETE Work")[1] == b"t6 OK DELETE completed\r\n"
     assert c.ok('LIST "" Work') == []
-    assert c.cmd("DELETE Work")[1] == b"t6 NO [NONEXISTENT] no such mailbox\r\n"
-    assert c.cmd("DELETE INBOX")[1] == b"t7 NO [CANNOT] INBOX cannot be deleted\r\n"
-    assert c.cmd("DELETE inbox")[1] == b"t8 NO [CANNOT] INBOX cannot be deleted\r\n"
-    # A made-again mailbox of the same name has a new UIDVALIDITY.
+    assert c.cmd("DELETE Work")[1] == b"t8 NO [NONEXISTENT] no such mailbox\r\n"
+    assert c.cmd("DELETE INBOX")[1] == b"t9 NO [CANNOT] INBOX cannot be deleted\r\n"
+    assert c.cmd("DELETE inbox")[1] == b"t10 NO [CANNOT] INBOX cannot be deleted\r\n"
+    # A made-again mailbox of the same name has a new UIDVALIDITY, so its UIDs cannot be taken for the old
+    # ones (RFC 9051 6.3.5), and it starts empty.
     c.ok("CREATE Work")
-    c.ok("DELETE Work")
+    new = c.ok("STATUS Work (UIDVALIDITY MESSAGES)")[0]
+    assert new != old and new.startswith(b"* STATUS Work (UIDVALIDITY ") and new.endswith(b" MESSAGES 0)\r\n")
+    assert int(new.split()[4]) > int(old.split()[4].rstrip(b")\r\n"))
 
 
 def test_delete_parent_keeps_children(server: ServerProcess, user: str) -> None:
@@ -310,6 +315,9 @@ def test_rename_moves_children(server: ServerProcess, user: str) -> None:
     assert c.cmd("RENAME New Sent")[1].startswith(b"t12 NO [ALREADYEXISTS]")
     assert c.cmd("RENAME New inbox")[1].startswith(b"t13 NO [ALREADYEXISTS]")
     assert c.cmd("RENAME New New/Name/Sub")[1].startswith(b"t14 NO [CANNOT]")
+    # A new mailbox under the old name does not get the old one's UIDVALIDITY (RFC 9051 6.3.6).
+    c.ok("CREATE Old/Kid")
+    assert uidvalidity(c.ok("EXAMINE Old/Kid")) > v
 
 
 def test_rename_inbox_moves_messages(server: ServerProcess, user: str) -> None:
