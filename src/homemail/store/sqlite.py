@@ -1278,8 +1278,9 @@ def _copy_job(
 ) -> CopyResult:
     _own_mailbox(db, account_id, mailbox_id)
     _own_mailbox(db, account_id, dest_id)
-    if move and dest_id == mailbox_id:
-        raise Invalid("cannot move messages into the mailbox they are in")
+    # RFC 6851 3.3: MOVE has the effect of UID COPY, STORE +FLAGS \Deleted and UID EXPUNGE, and COPY may target
+    # the selected mailbox, so a MOVE into the mailbox the messages are in gives them new UIDs there (mbsync
+    # does this when it trashes deleted messages of its Trash folder).
     return _copy(db, ctx, mailbox_id, uids, dest_id, move)
 
 
