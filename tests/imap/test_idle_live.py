@@ -122,6 +122,10 @@ def test_idle_and_done(server: ServerProcess, user: str) -> None:
     c.send(b"done\r\nt99 NOOP\r\n")
     assert c.until(tag) == ([], tag + b" OK IDLE terminated\r\n")
     assert c.until(b"t99") == ([], b"t99 OK NOOP completed\r\n")
+    # IDLE and DONE in one packet: the continuation request, then the end.
+    c.send(b"i1 IDLE\r\nDONE\r\n")
+    assert c.response() == b"+ idling\r\n"
+    assert c.response() == b"i1 OK IDLE terminated\r\n"
 
 
 def test_idle_in_authenticated_state(server: ServerProcess, user: str) -> None:
@@ -290,8 +294,8 @@ def test_expunge_reaches_idle_session_at_once(server: ServerProcess, user: str) 
     tag = idle(b)
     a.ok("EXPUNGE")
     got, _ = expect(b, 2)
-    # Highest first or not, each EXPUNGE is relative to the sequence numbers after the one before it.
-    assert got in ([b"* 3 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"], [b"* 2 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"])
+    # Each EXPUNGE is relative to the sequence numbers after the one before it: highest first.
+    assert got == [b"* 3 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"]
     assert done(b, tag) == []
     untagged = b.ok("FETCH 1:* UID")
     assert untagged == [b"* 1 FETCH (UID 1)\r\n", b"* 2 FETCH (UID 4)\r\n"]
@@ -371,6 +375,25 @@ def test_noop_reports_in_protocol_order(server: ServerProcess, user: str) -> Non
         b"* 3 EXISTS\r\n",
         b"* 0 RECENT\r\n",
     ]
+
+
+def test_own_changes_are_not_echoed(server: ServerProcess, user: str) -> None:
+    # A session's own STORE, EXPUNGE and APPEND are reported by the command itself, not again at the next one.
+    for enable in ((), ("CONDSTORE",), ("QRESYNC",)):
+        c = login(server, user, *enable)
+        append(c, 3)
+        select(c)
+        untagged = c.ok("STORE 1 +FLAGS (\\Seen)")
+        assert len(untagged) == 1 and untagged[0].startswith(b"* 1 FETCH (")
+        assert c.ok("NOOP") == []
+        c.ok("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+        untagged = c.ok("EXPUNGE")
+        assert len(untagged) == (1 if "QRESYNC" in enable else 3), untagged
+        assert c.ok("NOOP") == []
+        append(c, 1)  # APPEND to the selected mailbox announces the new message itself (RFC 9051 6.3.12)
+        assert c.ok("NOOP") == []
+        c.ok("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+        c.ok("CLOSE")  # expunges without a word (RFC 9051 6.4.1), so the next round starts empty
 
 
 def test_three_sessions_at_once(server: ServerProcess, user: str) -> None:
