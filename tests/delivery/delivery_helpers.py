@@ -459,6 +459,7 @@ class Remote:
     rcpt_reply: Callable[[str], str | None] = lambda address: None
     data_reply: Callable[[Received], str | None] = lambda message: None
     rcpt_delay: Callable[[str], float] = lambda address: 0.0
+    smtputf8: bool = True  # offer SMTPUTF8 (RFC 6531)
     received: list[Received] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)  # RCPTs seen per address
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -498,7 +499,11 @@ class Remote:
                 return "250 2.0.0 Accepted"
 
         self.controller = Controller(
-            Handler(), hostname=self.host, port=self.port, server_hostname=f"remote-{self.host}"
+            Handler(),
+            hostname=self.host,
+            port=self.port,
+            server_hostname=f"remote-{self.host}",
+            enable_SMTPUTF8=self.smtputf8,
         )
         self.controller.start()
         return self

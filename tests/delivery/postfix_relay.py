@@ -195,8 +195,14 @@ class PostfixRelay:
             "}\n"
         )
 
+    def prepare(self) -> PostfixRelay:
+        """Write the configurations and the certificate (so :attr:`ca_file` exists before the start)."""
+        if not self.etc.exists():
+            self._write()
+        return self
+
     def start(self) -> PostfixRelay:
-        self._write()
+        self.prepare()
         self.dovecot = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.dovecot_dir / "dovecot.conf")],
             stdout=(self.dovecot_dir / "stderr").open("ab"),

@@ -40,6 +40,7 @@ ZONES = {
     "nullmx.test": ["@ MX 0 ."],
 }
 ALICE, SALES, BOB, CAROL = "alice@one.test", "sales@one.test", "bob@two.test", "carol@two.test"
+ZOE = "zoë@two.test"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def servers(knot: KnotServer) -> Iterator[tuple[Homemail, Homemail]]:
     a = Homemail(A_IP, "mx.one.test", knot.nameserver)
     b = Homemail(B_IP, "mx.two.test", knot.nameserver)
     a.provision([ALICE], aliases={SALES: [ALICE]})
-    b.provision([BOB, CAROL])
+    b.provision([BOB, CAROL, ZOE])
     keys_a, keys_b = in_parallel(lambda: a.dkim_keygen("one.test"), lambda: b.dkim_keygen("two.test"))
     knot.set_zone("one.test", ZONES["one.test"] + keys_a)
     knot.set_zone("two.test", ZONES["two.test"] + keys_b)
@@ -195,6 +196,26 @@ def test_one_message_to_local_and_two_remote(knot: KnotServer, a: Homemail, b: H
         received_fields(to_bob)[0].split(" id ")[1].split()[0]
         == (received_fields(to_carol)[0].split(" id ")[1].split()[0])
     )
+
+
+def test_utf8_address_and_8bit_body(knot: KnotServer, a: Homemail, b: Homemail) -> None:
+    """SMTPUTF8 (RFC 6531) and an 8-bit body go from submission through A's queue to B unchanged, and the
+    signatures over the 8-bit body verify."""
+    mark = marker()
+    data = (
+        f"From: Alice <{ALICE}>\r\nTo: Zoë <{ZOE}>\r\nSubject: Grüße {mark}\r\n"
+        f"Date: Mon, 01 Jun 2026 10:00:00 +0000\r\nMessage-ID: <{mark}@client.test>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        f"Schöne Grüße, {mark} — ½ € ✓\r\n"
+    ).encode()
+    with smtplib.SMTP(A_IP, a.port("submission"), timeout=30) as c:
+        c.starttls()
+        c.login(ALICE, PASSWORD)
+        c.sendmail(ALICE, [ZOE], data, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    (message,) = b.wait_message(ZOE, mark)
+    assert data in message  # the client's bytes, after the trace and signature fields
+    assert "by mx.two.test (homemail) with UTF8SMTPS " in received_fields(message)[0]
+    assert sorted(verify_all_dkim(message, nameserver(knot))) == ["ed25519-sha256", "rsa-sha256"]
 
 
 def test_unknown_remote_user_dsn(a: Homemail, b: Homemail) -> None:

@@ -3,19 +3,23 @@ one on 127.0.0.12:25 that is down until a test brings it up): retries after 4xx,
 (RFC 3464), a restart with a full queue, and the ``homemail queue`` commands.
 
 ``q`` retries every second and reports a delay after three; ``h`` waits an hour between attempts, so only the
-commands move its messages.
+commands move its messages, and gives up on a message three seconds old at its next attempt.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 
 import pytest
 from delivery_helpers import (
+    PASSWORD,
     Homemail,
+    Raw,
     Received,
     Remote,
+    compose,
     marker,
     parse,
     parse_dsn,
@@ -58,7 +62,12 @@ def remote_data(message: Received) -> str | None:
 
 @pytest.fixture(scope="module")
 def remote(remotes: list[Remote]) -> Remote:
-    r = Remote(REMOTE_IP, data_reply=remote_data, rcpt_delay=lambda a: 2.0 if a.startswith("stall") else 0.0)
+    r = Remote(
+        REMOTE_IP,
+        data_reply=remote_data,
+        rcpt_delay=lambda a: 2.0 if a.startswith("stall") else 0.0,
+        smtputf8=False,
+    )
     r.rcpt_reply = lambda address: remote_rcpt(address, r.attempts)
     remotes.append(r.start())
     return r
@@ -67,7 +76,7 @@ def remote(remotes: list[Remote]) -> Remote:
 @pytest.fixture(scope="module")
 def servers(knot: KnotServer, remote: Remote) -> Iterator[tuple[Homemail, Homemail]]:
     q = Homemail(Q_IP, "mx.q.test", knot.nameserver, config={"queue": {"delay_notice": "3s"}})
-    h = Homemail(H_IP, "mx.h.test", knot.nameserver, config={"queue": {"retry": ["1h"]}})
+    h = Homemail(H_IP, "mx.h.test", knot.nameserver, config={"queue": {"retry": ["1h"], "expire": "3s"}})
     q.provision([ALICE])
     h.provision([HENRY])
     try:
@@ -195,6 +204,66 @@ def test_deleted_message_in_flight_does_not_touch_the_next_one(q: Homemail, remo
     assert len(remote.with_marker(second)) == 1
 
 
+def submit_raw(server: Homemail, user: str, mail: str, rcpts: list[str], data: bytes) -> None:
+    """Submission with exact MAIL and RCPT lines (DSN and SMTPUTF8 parameters)."""
+    with Raw(server.port("submission"), server.host) as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        secret = base64.b64encode(b"\0" + user.encode() + b"\0" + PASSWORD.encode()).decode()
+        assert c.cmd(f"AUTH PLAIN {secret}")[0] == 235
+        assert c.cmd(f"MAIL FROM:{mail}")[0] == 250
+        for r in rcpts:
+            assert c.cmd(f"RCPT TO:{r}")[0] == 250, r
+        assert c.cmd("DATA")[0] == 354
+        c.send(data + b".\r\n")
+        code, text = c.reply()
+        assert code == 250, (code, text)
+
+
+def test_dsn_parameters(q: Homemail, remote: Remote) -> None:
+    """RFC 3461: NOTIFY=NEVER silences the report; RET=HDRS returns only the header; ENVID and ORCPT are
+    echoed as Original-Envelope-Id and Original-Recipient."""
+    mark = marker()
+    loud, quiet = f"reject-loud-{mark[:8]}@remote.test", f"reject-quiet-{mark[:8]}@remote.test"
+    submit_raw(
+        q,
+        ALICE,
+        f"<{ALICE}> RET=HDRS ENVID=env-{mark[:8]}",
+        [
+            f"<{loud}> NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig+2B{mark[:8]}@remote.test",
+            f"<{quiet}> NOTIFY=NEVER",
+        ],
+        compose(ALICE, [loud, quiet], mark),
+    )
+    (notice,) = wait_for(lambda: notices(q, ALICE, mark), message="the failure report")
+    report = parse_dsn(notice)
+    assert report.per_message["original-envelope-id"] == f"env-{mark[:8]}"
+    (r,) = report.recipients  # NOTIFY=NEVER: no word about the other
+    assert r["final-recipient"] == f"rfc822; {loud}"
+    assert r["original-recipient"] == f"rfc822;orig+2B{mark[:8]}@remote.test"
+    assert report.original_type == "text/rfc822-headers"
+    assert f"Message-ID: <{mark}@client.test>".encode() in report.original
+    assert f"Hello, this is {mark}".encode() not in notice
+    wait_for(lambda: q.queued_with(mark) == [], message="both to be done")
+    time.sleep(0.5)
+    assert len(notices(q, ALICE, mark)) == 1
+
+
+def test_smtputf8_to_a_remote_without_it(q: Homemail, remote: Remote) -> None:
+    """No downgrade (RFC 6531 3.7.5): a remote that does not offer SMTPUTF8 cannot take the message; the
+    sender is told why."""
+    mark = marker()
+    rcpt = f"jörg-{mark[:8]}@remote.test"
+    data = compose(ALICE, [rcpt], mark)
+    submit_raw(q, ALICE, f"<{ALICE}> SMTPUTF8", [f"<{rcpt}>"], data)
+    (notice,) = wait_for(lambda: notices(q, ALICE, mark), message="the failure report")
+    (r,) = parse_dsn(notice).recipients
+    assert (r["action"], r["status"]) == ("failed", "5.6.7")
+    assert "SMTPUTF8" in r["diagnostic-code"]
+    assert remote.with_marker(mark) == []
+
+
 # --- restart -------------------------------------------------------------------------------------------------
 
 
@@ -292,3 +361,22 @@ def test_queue_commands(h: Homemail, remote: Remote) -> None:
     assert notices(h, HENRY, marks["delete"]) == []
     assert len(remote.with_marker(marks["retry"])) == 1
     assert "0 message(s) queued" in h.cli("queue", "list").stdout
+
+
+def test_expired_message_fails_with_a_report(h: Homemail, remote: Remote) -> None:
+    """[queue] expire: the first attempt after it is the last; a temporary failure then becomes a failure."""
+    mark = marker()
+    rcpt = f"always-{mark[:8]}@remote.test"
+    submit(h, HENRY, [rcpt], mark)
+    (row,) = wait_for(
+        lambda: (rows := h.queued_with(mark)) and rows[0]["attempts"] == 1 and rows,
+        message="the first attempt",
+    )
+    assert row["state"] == "queued"  # young enough to wait
+    wait_for(lambda: time.time() - row["created"] > 3.2, message="the message to expire")
+    h.cli("queue", "retry", str(row["message_id"]))
+    (notice,) = wait_for(lambda: notices(h, HENRY, mark), message="the failure report")
+    (r,) = parse_dsn(notice).recipients
+    assert (r["action"], r["status"]) == ("failed", "5.7.1")
+    assert "451 4.7.1 Greylisted" in r["diagnostic-code"] and "gave up" in r["diagnostic-code"]
+    assert h.queued_with(mark) == []

@@ -7,12 +7,12 @@ the reason; a relay's 5xx comes back as a report.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
 
 import pytest
 from delivery_helpers import (
     Homemail,
-    in_parallel,
     marker,
     parse,
     parse_dsn,
@@ -54,23 +54,16 @@ def relay(name: str, port: int, ca: str | None, password: str = RELAY_PASSWORD) 
 
 
 @pytest.fixture(scope="module")
-def postfix() -> Iterator[PostfixRelay]:
-    p = PostfixRelay(
+def world(knot: KnotServer) -> Iterator[tuple[Homemail, Homemail, PostfixRelay]]:
+    """Postfix starts (slowly, in a thread) while the two homemails are set up."""
+    postfix = PostfixRelay(
         RELAY_IP,
         "relay.test",
         f"[{B_IP}]:25",
         RELAY_USER,
         RELAY_PASSWORD,
         refuse={REFUSED: "5.7.1 Refused by the relay (rule 9)"},
-    )
-    try:
-        yield p.start()
-    finally:
-        p.stop()
-
-
-@pytest.fixture(scope="module")
-def servers(knot: KnotServer, postfix: PostfixRelay) -> Iterator[tuple[Homemail, Homemail]]:
+    ).prepare()
     ca = str(postfix.ca_file)
     a = Homemail(
         A_IP,
@@ -95,26 +88,35 @@ def servers(knot: KnotServer, postfix: PostfixRelay) -> Iterator[tuple[Homemail,
         },
     )
     b = Homemail(B_IP, "mx.two.test", knot.nameserver)
-    a.provision([ALICE])
-    b.provision(["bob@two.test", "carol@three.test", "dave@four.test"])
-    (keys,) = in_parallel(lambda: a.dkim_keygen("one.test"))
-    knot.set_zone("one.test", ZONES["one.test"] + keys)
+    servers = [a, b]
     try:
-        start_all(a, b)
-        yield a, b
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = pool.submit(postfix.start)
+            a.provision([ALICE])
+            b.provision(["bob@two.test", "carol@three.test", "dave@four.test"])
+            knot.set_zone("one.test", ZONES["one.test"] + a.dkim_keygen("one.test"))
+            start_all(a, b)
+            started.result()
+        yield a, b, postfix
     finally:
-        a.stop()
-        b.stop()
+        for server in servers:
+            server.stop()
+        postfix.stop()
 
 
 @pytest.fixture(scope="module")
-def a(servers: tuple[Homemail, Homemail]) -> Homemail:
-    return servers[0]
+def postfix(world: tuple[Homemail, Homemail, PostfixRelay]) -> PostfixRelay:
+    return world[2]
 
 
 @pytest.fixture(scope="module")
-def b(servers: tuple[Homemail, Homemail]) -> Homemail:
-    return servers[1]
+def a(world: tuple[Homemail, Homemail, PostfixRelay]) -> Homemail:
+    return world[0]
+
+
+@pytest.fixture(scope="module")
+def b(world: tuple[Homemail, Homemail, PostfixRelay]) -> Homemail:
+    return world[1]
 
 
 def via_postfix(message: bytes) -> bool:
@@ -167,13 +169,34 @@ def test_after_failures_falls_back_to_the_relay(a: Homemail, b: Homemail) -> Non
     assert "delivered via relay.test [127.0.0.22]" in queue_lines[2]
 
 
+def test_relay_5xx_gives_a_failure_report(a: Homemail, b: Homemail) -> None:
+    mark = marker()
+    submit(a, ALICE, [REFUSED, "bob@two.test"], mark)
+    b.wait_message("bob@two.test", mark)
+    (notice,) = wait_for(
+        lambda: [
+            m
+            for m in a.with_marker(ALICE, f"<{mark}@client.test>")
+            if parse(m).get_content_type() == "multipart/report"
+        ],
+        message="the failure report",
+    )
+    (r,) = parse_dsn(notice).recipients
+    assert r["final-recipient"] == f"rfc822; {REFUSED}"
+    assert (r["action"], r["status"]) == ("failed", "5.7.1")
+    assert r["remote-mta"] == f"dns; relay.test [{RELAY_IP}]"
+    assert "554 5.7.1" in r["diagnostic-code"] and "Refused by the relay (rule 9)" in r["diagnostic-code"]
+    assert a.queued_with(mark) == []
+
+
 @pytest.mark.parametrize(
     ("domain", "reason"),
     [
         ("five.test", "relay.test does not offer STARTTLS, which is required"),
         ("six.test", "relay.test does not offer AUTH, which is required"),
-        ("seven.test", "relay.test refused our login: 535"),
         ("eight.test", "TLS with relay.test failed"),
+        # Last: Dovecot slows down every login from an address with failed ones.
+        ("seven.test", "relay.test refused our login: 535"),
     ],
 )
 def test_relay_without_tls_or_auth_keeps_the_mail_queued(
@@ -193,23 +216,7 @@ def test_relay_without_tls_or_auth_keeps_the_mail_queued(
     assert mark not in postfix.log()
     assert not any(parse(m).get_content_type() == "multipart/report" for m in a.with_marker(ALICE, mark))
     a.cli("queue", "delete", str(row["message_id"]))
-
-
-def test_relay_5xx_gives_a_failure_report(a: Homemail, b: Homemail) -> None:
-    mark = marker()
-    submit(a, ALICE, [REFUSED, "bob@two.test"], mark)
-    b.wait_message("bob@two.test", mark)
-    (notice,) = wait_for(
-        lambda: [
-            m
-            for m in a.with_marker(ALICE, f"<{mark}@client.test>")
-            if parse(m).get_content_type() == "multipart/report"
-        ],
-        message="the failure report",
-    )
-    (r,) = parse_dsn(notice).recipients
-    assert r["final-recipient"] == f"rfc822; {REFUSED}"
-    assert (r["action"], r["status"]) == ("failed", "5.7.1")
-    assert r["remote-mta"] == f"dns; relay.test [{RELAY_IP}]"
-    assert "554 5.7.1" in r["diagnostic-code"] and "Refused by the relay (rule 9)" in r["diagnostic-code"]
-    assert a.queued_with(mark) == []
+    if domain == "seven.test":
+        # One mechanism per attempt: a refused PLAIN is not followed by LOGIN with the same password.
+        failures = [line for line in postfix.log().splitlines() if "authentication failed" in line]
+        assert failures and all("SASL PLAIN" in line for line in failures), failures

@@ -357,3 +357,13 @@ def test_unknown_local_recipient_is_550(open_: Homemail) -> None:
         c.cmd(f"MAIL FROM:<{ALICE}>")
         code, text = c.cmd("RCPT TO:<nobody@sub.test>")
         assert (code, text[:5]) == (550, "5.1.1")
+
+
+def test_message_without_from_is_refused(open_: Homemail) -> None:
+    mark = marker()
+    with authed(open_) as c:
+        c.cmd(f"MAIL FROM:<{ALICE}>")
+        c.cmd(f"RCPT TO:<{BOB}>")
+        code, text = send_data(c, f"To: {BOB}\r\nSubject: {mark}\r\n\r\nno sender\r\n".encode())
+        assert code == 550 and text.startswith("5.6.0"), (code, text)
+    assert open_.with_marker(BOB, mark) == []

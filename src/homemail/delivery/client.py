@@ -170,8 +170,19 @@ class Connection:
             if t.username is not None:
                 if not smtp.supports_extension("auth"):
                     raise ConnectFailed(f"{t.host} does not offer AUTH, which is required")
+                # One mechanism, one try: aiosmtplib's login() would go on to the next mechanism after a 535, so
+                # a wrong password counted as two or three failures at the relay (and its lockout or penalty).
+                offered = smtp.server_auth_methods
+                if "plain" in offered:
+                    authenticate = smtp.auth_plain
+                elif "login" in offered:
+                    authenticate = smtp.auth_login
+                else:
+                    raise ConnectFailed(
+                        f"{t.host} offers no AUTH mechanism homemail uses (PLAIN, LOGIN): {' '.join(offered)}"
+                    )
                 try:
-                    await smtp.login(t.username, t.password or "")
+                    await authenticate(t.username, t.password or "")
                 except aiosmtplib.SMTPAuthenticationError as e:
                     raise ConnectFailed(
                         f"{t.host} refused our login: {e.code} {e.message}", e.code >= 500
