@@ -213,7 +213,8 @@ class Mbsync:
             f"SSLType {tls}\nCertificateFile {cert}\nAuthMechs {auth}\nTimeout 20\n\n"
             f"IMAPStore far\nAccount acc\n{far_extra}\n"
             f"MaildirStore near\nPath {self.root}/\nInbox {self.root}/INBOX\nSubFolders Verbatim\n\n"
-            "Channel ch\nFar :far:\nNear :near:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\n"
+            "Channel ch\nFar :far:\nNear :near:\nPatterns *\nCreate Both\nExpunge Both\n"
+            f"SyncState {work}/state/\n"
             f"{channel_extra}\n"
         )
 

@@ -5,6 +5,7 @@ IMAP. Each scenario compares both sides message by message: exact bytes and exac
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,18 @@ def test_mbsync_pull_flags_push_and_delete(
     assert list(subjects(remote["Archive"])) == ["archived"]
     assert list(remote["Trash"]) == []
 
+    # A folder emptied, then removed locally, is deleted on the server (Remove Both: mbsync deletes only
+    # empty mailboxes): the expunge, then DELETE.
+    set_file_flags(maildir_files(mb.root / "Projects")[0], "T")
+    mb.sync()
+    assert mb.remote()["Projects"] == {}
+    shutil.rmtree(mb.root / "Projects")
+    mb.rc.write_text(mb.rc.read_text().replace("Expunge Both", "Expunge Both\nRemove Both"))
+    mb.sync()
+    remote = mb.remote()
+    assert "Projects" not in remote
+    assert mb.state() == remote
+
     # Nothing changed since: a further run changes nothing on either side.
     def files() -> list[str]:
         return sorted(p.name for p in mb.root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -243,6 +256,7 @@ def test_offlineimap_pull_flags_push_and_delete(server: ServerProcess, user: str
     # local file is deleted on the server (STORE \Deleted, EXPUNGE); a server expunge deletes the file.
     new = message(subject="written locally", body="local body")
     add_local(oi.root / "Work/Reports", "1700000000_0.1.host", new, flags="S")
+    add_local(oi.root / "Local", "1700000000_0.2.host", message(subject="new folder"))
     find_file(oi.root / "INBOX", inbox["big"]).unlink()
     with connect(server, user) as c:
         c.select_folder("INBOX")
@@ -254,6 +268,8 @@ def test_offlineimap_pull_flags_push_and_delete(server: ServerProcess, user: str
     assert set(subjects(remote["INBOX"])) == {"smtp one", "=?UTF-8?Q?caf=C3=A9?="}
     assert remote["Work/Reports"][2] == Mail(new, frozenset({SEEN}))
     assert file_uid(find_file(oi.root / "Work/Reports", 2)) == 2
+    # A new local folder is created on the server (CREATE) with its message.
+    assert list(subjects(remote["Local"])) == ["new folder"]
 
 
 # --- neomutt ---------------------------------------------------------------------------------------------------------
