@@ -443,7 +443,7 @@ def test_command_rate_is_slowed_not_refused(slow: ServerProcess) -> None:
         assert c.response() == b"r%d OK NOOP completed\r\n" % n
     elapsed = time.monotonic() - start
     # RATE commands a second: the last batch waits for the third second to begin.
-    assert 1.8 <= elapsed < 4, elapsed
+    assert 1.8 <= elapsed < 6, elapsed
 
 
 # --- autologout ----------------------------------------------------------------------------------------------------
