@@ -38,6 +38,8 @@ def well_formed(line: bytes, tag: bytes | None = None) -> bool:
 class Raw:
     def __init__(self, port: int, host: str = "127.0.0.1", tls: bool = False, timeout: float = 10) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
+        # A command and its CRLF may go out in two writes: without this, Nagle holds the second for ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False

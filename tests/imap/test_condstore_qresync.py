@@ -5,7 +5,6 @@ mod-sequences and UIDs across a server restart (no NOMODSEQ, no UID reused)."""
 from __future__ import annotations
 
 import re
-import socket
 
 from harness import ServerProcess
 from imap.imaputil import message
@@ -14,7 +13,6 @@ from imap.rawclient import Raw
 
 def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
     c = Raw(server.port("imap"))
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Raw writes a command in two pieces
     c.login(user)
     if enable:
         c.ok("ENABLE " + " ".join(enable))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import imaplib
 import re
-import socket
 
 from imapclient import IMAPClient
 
@@ -16,7 +15,6 @@ from imap.rawclient import Raw
 
 def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
     c = Raw(server.port("imap"))
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Raw writes a command in two pieces
     c.login(user)
     if enable:
         c.ok("ENABLE " + " ".join(enable))

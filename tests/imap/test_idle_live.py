@@ -8,7 +8,6 @@ import asyncio
 import re
 import signal
 import smtplib
-import socket
 import time
 import zlib
 from pathlib import Path
@@ -26,7 +25,6 @@ LATENCY = 1.0
 def connect(server: ServerProcess) -> Raw:
     c = Raw(server.port("imap"))
     # The client writes a command's CRLF separately: without this, Nagle's algorithm holds it back 40 ms.
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return c
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import imaplib
 import re
-import socket
 
 import pytest
 from imapclient import IMAPClient
@@ -28,7 +27,6 @@ SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
 
 def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
     c = Raw(server.port("imap"))
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Raw writes a command in two pieces
     c.login(user)
     if enable:
         c.ok("ENABLE " + " ".join(enable))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -581,7 +580,6 @@ def _exchange(c: Raw, line: bytes) -> list[bytes]:
 def test_random_commands_to_a_live_server(server: ServerProcess, user: str) -> None:
     rng = random.Random(20240101)
     c = Raw(server.port("imap"))
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.login(user)
     for i in range(3):
         data = message(subject=f"fuzz {i}")

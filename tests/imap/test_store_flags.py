@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import imaplib
 import re
-import socket
 
 from imapclient import IMAPClient
 
@@ -19,7 +18,6 @@ SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
 
 def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
     c = Raw(server.port("imap"))
-    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Raw writes a command in two pieces
     c.login(user)
     if enable:
         c.ok("ENABLE " + " ".join(enable))
