@@ -142,6 +142,9 @@ def serve(config: Config) -> None:
     try:
         import uvloop  # optional: faster event loop where installed
     except ImportError:
+        uvloop = None
+    # Run outside the except block: every traceback logged later would otherwise carry the ImportError.
+    if uvloop is None:
         asyncio.run(Server(config).run())
     else:
         uvloop.run(Server(config).run())

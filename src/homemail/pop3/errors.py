@@ -32,4 +32,9 @@ class ConnectionLost(Exception):
 
 
 class IdleTimeout(Exception):
-    """The client sent nothing for ``pop3.idle_timeout`` seconds (RFC 1939 3: the autologout timer)."""
+    """The client sent nothing, or took nothing of what it was sent, for ``pop3.idle_timeout`` seconds (RFC 1939
+    3: the autologout timer). ``writing``: it stopped reading, so there is no point in telling it."""
+
+    def __init__(self, writing: bool = False) -> None:
+        super().__init__()
+        self.writing = writing

@@ -94,7 +94,8 @@ class Maildrop:
 
     def get(self, arg: str) -> Entry:
         """The message numbered ``arg``; POP3Error when it is not a number, does not exist or is deleted."""
-        if not arg.isdigit() or len(arg) > 10:
+        # ASCII digits only: str.isdigit() also takes "²" or "١", which int() refuses or reads.
+        if not (arg.isascii() and arg.isdigit()) or len(arg) > 10:
             raise POP3Error(f"Invalid message number: {arg[:20]!r}" if arg else "Message number required")
         n = int(arg)
         if not 1 <= n <= len(self.entries):

@@ -81,6 +81,19 @@ class Session:
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
+    async def flush(self) -> None:
+        """Wait until the client took what was written. A client that stops reading (say in the middle of a
+        RETR) meets the same autologout timer as one that stops writing."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+            return  # all sent: no need to wait (or to yield to the loop)
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.config.idle_timeout)
+        except TimeoutError:
+            raise IdleTimeout(writing=True) from None
+        except (ConnectionError, ssl.SSLError):
+            raise ConnectionLost() from None
+
     async def read_line(self) -> bytes:
         limit = self.config.max_line_length
         try:
@@ -113,30 +126,44 @@ class Session:
     # --- the loop ---
 
     async def run(self) -> None:
+        abort = False
         try:
             self.write(b"+OK homemail POP3 server ready\r\n")
             while not self.closing:
-                await self.writer.drain()
+                await self.flush()
                 line = await self.read_line_or_error()
                 if line is None:
                     continue
                 await self.execute(line)
-        except ConnectionLost:
-            pass
-        except IdleTimeout:
+        except (ConnectionLost, ConnectionError, ssl.SSLError):
+            # Gone, maybe in the middle of a response (a reset while RETR streams): nothing to say or log.
+            abort = True
+        except IdleTimeout as e:
             # RFC 1939 3: the autologout timer; nothing marked deleted is removed.
-            self.write(b"-ERR [SYS/TEMP] Autologout: idle for too long\r\n")
+            if not e.writing:
+                self.write(b"-ERR [SYS/TEMP] Autologout: idle for too long\r\n")
+            abort = e.writing
         except Exception:
             log.exception("pop3 %s: internal error", self.peer_ip)
             self.write(b"-ERR [SYS/TEMP] Internal error, closing\r\n")
         finally:
             if self.account is not None and self.maildrop is not None:
                 self.locks.release(self.account.id)
-            with contextlib.suppress(Exception):
-                await self.writer.drain()
+            await self.close(abort)
+
+    async def close(self, abort: bool) -> None:
+        """Send what is left (briefly) and close; a connection that cannot take it is dropped at once."""
+        if not abort:
+            try:
+                await asyncio.wait_for(self.writer.drain(), 5)
+            except Exception:
+                abort = True
+        if abort:
+            self.writer.transport.abort()
+        else:
             self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
 
     async def read_line_or_error(self) -> bytes | None:
         try:
@@ -202,7 +229,7 @@ class Session:
                         self._write_stuffed(data)
                         break
                 self._write_stuffed(data)
-                await self.writer.drain()
+                await self.flush()
             if carry and (body_lines is None or in_header or (lines_left or 0) > 0):
                 self._write_stuffed(carry + b"\r\n")
             self.write(b".\r\n")
@@ -294,6 +321,9 @@ async def cmd_stls(s: Session, arg: str) -> str | None:
         # RFC 2595 4: nothing may follow STLS before the handshake (plaintext command injection).
         raise POP3Error("Commands pipelined after STLS are refused", close=True)
     s.write(b"+OK Begin TLS negotiation\r\n")
+    # No yield to the event loop between this reply and start_tls() pausing the reads: the client's
+    # ClientHello, sent as soon as it sees the reply, would otherwise land in the plaintext buffer and the
+    # handshake would never finish. (The reply is one short line: drain() does not wait for it.)
     await s.writer.drain()
     try:
         await s.writer.start_tls(s.services.tls)
@@ -347,7 +377,7 @@ async def cmd_auth(s: Session, arg: str) -> str | None:
     response = initial.strip(" ")
     if not response:
         s.write(b"+ \r\n")
-        await s.writer.drain()
+        await s.flush()
         response = (await s.read_line()).decode("ascii", "replace").strip()
     if response == "*":
         raise POP3Error("Authentication cancelled")
@@ -429,7 +459,7 @@ async def cmd_retr(s: Session, arg: str) -> str | None:
 @command("TOP", TRANSACTION)
 async def cmd_top(s: Session, arg: str) -> str | None:
     parts = arg.strip(" ").split(" ")
-    if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 9:
+    if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
         raise POP3Error("Syntax: TOP message lines")
     entry = _drop(s).get(parts[0])
     await s.send_message(entry, int(parts[1]))
