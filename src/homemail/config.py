@@ -372,6 +372,64 @@ class StorageConfig:
     fsync: bool = True
 
 
+def _non_negative(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
+    return value
+
+
+_LOOPBACK = ["127.0.0.0/8", "::1/128"]
+
+
+@dataclass
+class SPFConfig:
+    """SPF (RFC 7208) of the MAIL FROM and HELO identities of mail arriving at the MX. A fail refuses nothing by
+    itself (DMARC decides after DATA); a DNS failure for the MAIL FROM identity is 451 4.7.24 (try again)."""
+
+    enabled: bool = True
+    helo: bool = True  # also check the HELO identity (RFC 7208 2.3)
+    timeout: float = _with(parse_duration, 20.0)  # a whole check; over it: temperror (RFC 7208 4.6.4)
+
+
+@dataclass
+class DNSBLConfig:
+    """DNS blocklists the MX asks about each client (RFC 5782); a listed client's recipients get 554 5.7.1."""
+
+    zones: list[str] = _with(_domains, factory=lambda: ["zen.spamhaus.org"])
+    allowlist: list[Any] = _with(_networks, factory=lambda: _networks(_LOOPBACK))  # never looked up
+
+
+@dataclass
+class GreylistConfig:
+    """Greylisting of (client network, sender, recipient) triplets at the MX: the first attempt gets 451 4.7.1,
+    a retry after ``delay`` (and within ``retry_window``) is accepted and remembered."""
+
+    enabled: bool = False
+    delay: float = _with(parse_duration, 300.0)
+    retry_window: float = _with(parse_duration, 2 * 86400.0)  # a retry later than this starts over
+    expire: float = _with(parse_duration, 35 * 86400.0)  # accepted triplets and clients unseen this long
+    auto_allowlist: bool = True  # a client that retried once is not greylisted again (until `expire`)
+    ipv4_prefix: int = _with(_non_negative, 24)  # client network of a triplet: /24 (a pool of outbound hosts)
+    ipv6_prefix: int = _with(_non_negative, 64)
+    allowlist: list[Any] = _with(_networks, factory=list)  # clients never greylisted
+
+    def __post_init__(self) -> None:
+        if self.ipv4_prefix > 32 or self.ipv6_prefix > 128:
+            raise ValueError("greylist ipv4_prefix must be at most 32 and ipv6_prefix at most 128")
+
+
+@dataclass
+class LimitsConfig:
+    """Per-client limits at the MX (IPv6 clients counted per /64). 0: no limit."""
+
+    connections_per_minute: int = _with(_non_negative, 60)  # over it: 421 4.7.0 at the greeting
+    messages_per_minute: int = _with(_non_negative, 120)  # MAIL commands; over it: 451 4.7.1
+    # Before the greeting the MX waits this long for a client it has not seen lately; one that talks first is
+    # dropped with 554 (RFC 5321 3.1: the client waits for the greeting).
+    greet_pause: float = _with(parse_duration, 1.0)
+    exempt: list[Any] = _with(_networks, factory=lambda: _networks(_LOOPBACK))  # no limits, no greet pause
+
+
 @dataclass
 class Config:
     hostname: str = _with(_hostname, "")
@@ -389,6 +447,10 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     relay: list[RelayConfig] = field(default_factory=list)
     route: list[RouteConfig] = field(default_factory=list)
+    spf: SPFConfig = field(default_factory=SPFConfig)
+    dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:

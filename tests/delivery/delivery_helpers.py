@@ -245,8 +245,8 @@ def txt_lookup(nameserver: tuple[str, int]) -> Callable[..., bytes | None]:
 
 
 def dkim_signatures(message: bytes) -> list[dict[bytes, bytes]]:
-    """The tags of each DKIM-Signature field, in order."""
-    d = dkim.DKIM(message)
+    """The tags of each DKIM-Signature field, in order (LF or CRLF line endings)."""
+    d = dkim.DKIM(message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
     out = []
     for name, value in d.headers:
         if name.lower() == b"dkim-signature":

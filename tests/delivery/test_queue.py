@@ -30,11 +30,15 @@ from delivery_helpers import (
 
 from dnsserver import KnotServer
 
-Q_IP, REMOTE_IP, DOWN_IP, H_IP = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.14"
+Q_IP, REMOTE_IP, DOWN_IP, DEAD_IP, H_IP = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"
 ZONES = {
     # Every behaviour is chosen per recipient by the remote (see remote_rcpt); the domains only route.
     "remote.test": ["@ MX 10 mx", f"mx A {REMOTE_IP}"],
     "down.test": ["@ MX 10 mx", f"mx A {DOWN_IP}"],
+    # The best MX is dead (nothing listens on 127.0.0.13), the backup takes the mail.
+    "backup.test": ["@ MX 10 mx1", "@ MX 20 mx2", f"mx1 A {DEAD_IP}", f"mx2 A {REMOTE_IP}"],
+    # No MX: the domain's own address is its mail host (RFC 5321 5.1).
+    "implicit.test": [f"@ A {REMOTE_IP}"],
 }
 ALICE, HENRY = "alice@q.test", "henry@h.test"
 # Addresses the remote answers 451 for, until a test takes them out.
@@ -123,6 +127,37 @@ def test_4xx_then_accepted_exactly_once(q: Homemail, remote: Remote) -> None:
     assert f"<{rcpt}> deferred (attempt 1): 451 4.3.0 Not now" in log
     assert f"<{rcpt}> delivered via mx.remote.test [{REMOTE_IP}]" in log
     assert notices(q, ALICE, mark) == []  # no report for a message delivered before delay_notice
+
+
+def test_routes_backup_mx_and_implicit_mx(q: Homemail, remote: Remote) -> None:
+    mark = marker()
+    submit(q, ALICE, ["someone@backup.test", "someone@implicit.test"], mark)
+    wait_for(lambda: len(remote.with_marker(mark)) == 2, message="both copies")
+    assert sorted(r for m in remote.with_marker(mark) for r in m.recipients) == [
+        "someone@backup.test",
+        "someone@implicit.test",
+    ]
+    log = q.log()
+    assert f"cannot talk to mx1.backup.test [{DEAD_IP}]:25" in log
+    assert f"<someone@backup.test> delivered via mx2.backup.test [{REMOTE_IP}]" in log
+    assert f"<someone@implicit.test> delivered via implicit.test [{REMOTE_IP}]" in log
+
+
+def test_dns_answers_decide_between_failure_and_retry(q: Homemail) -> None:
+    """NXDOMAIN for the recipient's domain is final (5.1.2, reported); no usable DNS answer (knot refuses a
+    zone it does not serve) is temporary: the message waits."""
+    mark = marker()
+    submit(q, ALICE, ["someone@gone.remote.test", "someone@unserved.example"], mark)
+    (notice,) = wait_for(lambda: notices(q, ALICE, mark), message="the failure report")
+    (r,) = parse_dsn(notice).recipients
+    assert r["final-recipient"] == "rfc822; someone@gone.remote.test"
+    assert (r["action"], r["status"]) == ("failed", "5.1.2")
+    rows = {r["address"]: r for r in q.queued_with(mark)}
+    assert rows["someone@gone.remote.test"]["state"] == "failed"  # kept until the message is done
+    row = rows["someone@unserved.example"]
+    assert row["state"] == "queued"
+    assert row["last_error"].startswith("451 4.4.3"), row["last_error"]
+    q.cli("queue", "delete", str(row["message_id"]))
 
 
 def test_5xx_at_rcpt_gives_a_failure_report(q: Homemail, remote: Remote) -> None:

@@ -843,6 +843,10 @@ class Session(asyncio.Protocol):
 
     # --- for policies ---
 
+    def input_pending(self) -> bool:
+        """Bytes from the client not read yet (before the greeting: a client talking out of turn)."""
+        return bool(self._buf)
+
     def received_header(self, env: Envelope) -> bytes:
         """The trace field this server adds (RFC 5321 4.4, protocol names of RFC 3848 and RFC 6531)."""
         if env.smtputf8:

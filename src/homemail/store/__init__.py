@@ -230,6 +230,16 @@ class DKIMKey:
     created: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class GreylistEntry:
+    """One greylisting record (see homemail.mailauth.greylist for what the keys mean)."""
+
+    key: str
+    first_seen: float  # Unix time
+    last_seen: float
+    passes: int = 0  # accepted deliveries; 0 while a triplet waits for its retry
+
+
 Listener = Callable[[int], None]  # called with a mailbox id
 
 
@@ -441,6 +451,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_dkim_key(self, domain: str, selector: str) -> None: ...
+
+    # --- greylisting ---
+    @abc.abstractmethod
+    async def greylist_get(self, keys: Sequence[str]) -> dict[str, GreylistEntry]:
+        """The entries that exist among ``keys``."""
+
+    @abc.abstractmethod
+    async def greylist_put(self, entries: Sequence[GreylistEntry]) -> None:
+        """Insert or replace entries."""
+
+    @abc.abstractmethod
+    async def greylist_expire(self, waiting_before: float, passed_before: float) -> int:
+        """Drop entries still waiting (passes 0) last seen before ``waiting_before`` and the others last seen
+        before ``passed_before``. Returns how many went."""
 
     # --- change notification (not coroutines) ---
     @abc.abstractmethod

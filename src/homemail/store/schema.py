@@ -171,6 +171,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX queue_recipient_due ON queue_recipient (state, next_attempt);
     CREATE INDEX queue_recipient_message ON queue_recipient (message_id);
     """,
+    # 3 -> 4: greylisting state (homemail.mailauth.greylist): triplets waiting for their retry or accepted,
+    # auto-allowlisted client networks and known sender domains, each under a prefixed key.
+    """
+    CREATE TABLE greylist (
+        key TEXT PRIMARY KEY,                 -- "t:net|sender|recipient", "c:net" or "d:domain"
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        passes INTEGER NOT NULL DEFAULT 0     -- accepted deliveries; 0: still waiting for a retry
+    ) WITHOUT ROWID;
+    CREATE INDEX greylist_last_seen ON greylist (last_seen);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

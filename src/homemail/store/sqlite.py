@@ -43,6 +43,7 @@ from homemail.store import (
     Domain,
     FlagOp,
     FlagUpdate,
+    GreylistEntry,
     Invalid,
     Listener,
     Mailbox,
@@ -1015,6 +1016,40 @@ class SQLiteStore(Store):
                 raise NotFound(f"no DKIM key {selector} for {d}")
 
         await self._write(job)
+
+    # --- greylisting -------------------------------------------------------------------------------------
+
+    async def greylist_get(self, keys: Sequence[str]) -> dict[str, GreylistEntry]:
+        wanted = list(keys)
+
+        def read(db: sqlite3.Connection) -> dict[str, GreylistEntry]:
+            rows = db.execute(
+                "SELECT key, first_seen, last_seen, passes FROM greylist"
+                " WHERE key IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),),
+            )
+            return {r[0]: GreylistEntry(r[0], r[1], r[2], r[3]) for r in rows}
+
+        return await self._read(read) if wanted else {}
+
+    async def greylist_put(self, entries: Sequence[GreylistEntry]) -> None:
+        rows = [(e.key, e.first_seen, e.last_seen, e.passes) for e in entries]
+
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> None:
+            db.executemany("INSERT OR REPLACE INTO greylist VALUES (?, ?, ?, ?)", rows)
+
+        if rows:
+            await self._write(job)
+
+    async def greylist_expire(self, waiting_before: float, passed_before: float) -> int:
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> int:
+            cur = db.execute(
+                "DELETE FROM greylist WHERE (passes = 0 AND last_seen < ?) OR last_seen < ?",
+                (waiting_before, passed_before),
+            )
+            return cur.rowcount
+
+        return await self._write(job)
 
 
 # --- SQL helpers (run in the reader or writer threads) --------------------------------------------------------
