@@ -16,6 +16,7 @@ import re
 import shutil
 import smtplib
 import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ import pytest
 
 from dnsserver import KnotServer
 from harness import ServerProcess
+from homemail.mailauth import dnsbl
+from homemail.mailauth.ratelimit import RateLimiter, client_key
 
 RCPT = "alice@example.org"
 ZONES = {
@@ -211,6 +214,19 @@ def test_forward_confirmed_name_in_received(mx: ServerProcess) -> None:
     assert "([127.0.0.23])" in received(none)
 
 
+def test_reverse_name_kept_after_starttls(mx: ServerProcess) -> None:
+    # STARTTLS forgets the session state (RFC 3207 4.2); the name found at connect is still the client's.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with client(mx, "127.0.0.20") as smtp:
+        smtp.starttls(context=context)
+        smtp.ehlo("client.senders.test")
+        smtp.sendmail("a@senders.test", [RCPT], b"Subject: tls\r\n\r\nrdns-tls-marker\r\n")
+    (message,) = delivered(mx, "rdns-tls-marker")
+    assert "(good.senders.test [127.0.0.20])" in received(message)
+
+
 # --- SPF at MAIL FROM ----------------------------------------------------------------------------------------
 
 
@@ -324,3 +340,26 @@ def test_no_greylisting_for_spf_pass_of_a_known_sender(grey: ServerProcess) -> N
     assert rcpt(grey, "127.0.0.42", sender="d@nowhere.test")[0] == 451
     # A client the domain does not authorise (SPF fail) gets no exemption from the name.
     assert rcpt(grey, "127.0.0.43", sender="e@known.test")[0] == 451
+
+
+# --- the pieces without sockets ------------------------------------------------------------------------------
+
+
+def test_rate_limiter_refills_over_the_window() -> None:
+    limiter = RateLimiter(3, window=60)
+    assert [limiter.hit("a", now=0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.hit("b", now=0)  # per key
+    assert 19 < limiter.retry_after("a", now=0) <= 20
+    assert not limiter.hit("a", now=19)
+    assert limiter.hit("a", now=20.5)  # one event's worth came back after window / limit
+    assert RateLimiter(0).hit("a")  # 0: no limit
+    limiter.hit("c", now=200)
+    assert len(limiter) == 1  # idle keys are swept
+
+
+def test_client_keys_and_blocklist_names() -> None:
+    assert client_key("192.0.2.7") == "192.0.2.7/32"
+    assert client_key("2001:db8:1:2:3:4:5:6") == client_key("2001:db8:1:2::9") == "2001:db8:1:2::/64"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7/32"
+    assert dnsbl.query_name("192.0.2.7", "zen.spamhaus.org.") == "7.2.0.192.zen.spamhaus.org"
+    assert dnsbl.query_name("2001:db8::1", "bl.test") == "1." + "0." * 23 + "8.b.d.0.1.0.0.2.bl.test"

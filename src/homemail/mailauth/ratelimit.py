@@ -41,7 +41,7 @@ class RateLimiter:
         self.limit = limit
         self.window = window
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, time of last update)
-        self._swept = time.monotonic()
+        self._swept = 0.0
 
     def hit(self, key: str, now: float | None = None) -> bool:
         """Count one event; False when the key is over its limit (the event is then not counted)."""
