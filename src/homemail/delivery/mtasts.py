@@ -13,11 +13,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import re
+import socket
 import ssl
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,34 +136,63 @@ class MTASTS:
             # RFC 8461 5.1: with no record, a cached policy stays in force until it expires.
             return cached
         try:
-            text = await asyncio.to_thread(self._fetch, domain)
+            text = await self._fetch(domain)
             policy = parse_policy(text, policy_id, now)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, UnicodeDecodeError, DNSError) as e:
             log.info("mta-sts %s: no usable policy: %s", domain, e)
             return cached
         log.info("mta-sts %s: policy %s, mode %s, mx %s", domain, policy.id, policy.mode, ",".join(policy.mx))
         self._cache[domain] = policy
         return policy
 
-    def _fetch(self, domain: str) -> str:
+    async def _fetch(self, domain: str) -> str:
+        """The policy text from ``https://mta-sts.<domain>/.well-known/mta-sts.txt``. The host's addresses come
+        from homemail's resolver like every other lookup (not the system's), the certificate is checked for the
+        host name."""
         host = f"mta-sts.{domain}"
-        port = "" if self.port == 443 else f":{self.port}"
-        request = urllib.request.Request(f"https://{host}{port}/.well-known/mta-sts.txt")
-        handler = urllib.request.HTTPSHandler(context=self.context)
-        # RFC 8461 3.3: redirects must not be followed.
-        opener = urllib.request.build_opener(handler, _NoRedirect())
-        with opener.open(request, timeout=self.timeout) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP status {response.status}")
-            ctype = response.headers.get("Content-Type", "")
-            if not ctype.lower().startswith("text/plain"):
-                raise ValueError(f"content type {ctype!r}, not text/plain")
-            data: bytes = response.read(MAX_POLICY + 1)
-        if len(data) > MAX_POLICY:
-            raise ValueError("policy too large")
-        return data.decode("utf-8")
+        addresses = await self.resolver.addresses(host)
+        if not addresses:
+            raise OSError(f"{host} has no address")
+        return await asyncio.to_thread(self._fetch_from, host, addresses)
+
+    def _fetch_from(self, host: str, addresses: list[str]) -> str:
+        error: OSError | None = None
+        for ip in addresses:
+            conn = _HTTPSTo(ip, host, self.port, self.context, self.timeout)
+            try:
+                # RFC 8461 3.3: redirects are not followed (http.client never does), anything but 200 fails.
+                conn.request("GET", "/.well-known/mta-sts.txt")
+                response = conn.getresponse()
+                if response.status != 200:
+                    raise ValueError(f"HTTP status {response.status}")
+                ctype = response.getheader("Content-Type", "")
+                if not ctype.lower().startswith("text/plain"):
+                    raise ValueError(f"content type {ctype!r}, not text/plain")
+                data = response.read(MAX_POLICY + 1)
+            except OSError as e:
+                error = e
+                continue
+            finally:
+                conn.close()
+            if len(data) > MAX_POLICY:
+                raise ValueError("policy too large")
+            return data.decode("utf-8")
+        assert error is not None
+        raise error
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        raise ValueError("redirects are not followed for MTA-STS policies")
+class _HTTPSTo(http.client.HTTPSConnection):
+    """HTTPS to a chosen address, with the host name for the Host header, SNI and the certificate check."""
+
+    def __init__(self, ip: str, host: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._ip = ip
+        self._tls = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        try:
+            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
