@@ -430,6 +430,46 @@ class LimitsConfig:
     exempt: list[Any] = _with(_networks, factory=lambda: _networks(_LOOPBACK))  # no limits, no greet pause
 
 
+def _http_url(value: object) -> str:
+    if not isinstance(value, str) or (
+        value and not re.fullmatch(r"http://[^/\s:]+(:\d{1,5})?(/\S*)?", value)
+    ):
+        raise ValueError(f'expected "" or an URL such as "http://127.0.0.1:11333", got {value!r}')
+    return value.rstrip("/")
+
+
+def _optional_score(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class DMARCConfig:
+    """DKIM verification, ARC and DMARC (RFC 7489) for mail arriving at the MX: p=reject failures get 550 5.7.1
+    after DATA, p=quarantine failures go to the recipients' Junk folder; a DNS failure that leaves the outcome
+    open is 451 (try again)."""
+
+    enabled: bool = True
+    # Forwarders and mailing lists (ARC sealer domains, RFC 8617) whose valid ARC chain forgives a DMARC failure
+    # when they recorded the message as authentic on arrival.
+    trusted_arc_sealers: list[str] = _with(_domains, factory=list)
+
+
+@dataclass
+class RspamdConfig:
+    """An rspamd normal worker that scans mail arriving at the MX (off while ``url`` is empty)."""
+
+    url: str = _with(_http_url, "")
+    timeout: float = _with(parse_duration, 20.0)
+    # rspamd unreachable or too slow: "accept" delivers as if it had found nothing (and logs), "tempfail"
+    # answers 451 so the sender retries.
+    on_error: str = _with(_one_of("accept", "tempfail"), "accept")
+    # Stricter than rspamd's own actions: at these scores the message is refused / goes to Junk.
+    reject_score: float | None = _with(_optional_score)
+    junk_score: float | None = _with(_optional_score)
+
+
 @dataclass
 class Config:
     hostname: str = _with(_hostname, "")
@@ -451,6 +491,8 @@ class Config:
     dnsbl: DNSBLConfig = field(default_factory=DNSBLConfig)
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dmarc: DMARCConfig = field(default_factory=DMARCConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:

@@ -58,7 +58,10 @@ def test_empty_message_and_dot_first(mx: ServerProcess) -> None:
     transaction(raw, rcpts=("carol@example.net",), sender="empty@remote.example")
     assert data(raw, b".\r\n")[0] == 250
     msgs = [x for x in inbox(mx, "carol@example.net") if b"Return-Path: <empty@remote.example>" in x]
-    assert len(msgs) == 1 and msgs[0].count(b"\n") == 5  # Return-Path + 4 Received lines, no content
+    assert len(msgs) == 1
+    # Return-Path, 4 Received lines and the Authentication-Results field (continuation lines), no content
+    trace, _, results = msgs[0].partition(b"Authentication-Results:")
+    assert trace.count(b"\n") == 5 and all(line[:1] == b"\t" for line in results.split(b"\n")[1:-1])
 
 
 def test_bare_lf_in_data_becomes_crlf(mx: ServerProcess) -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from homemail.dns import get_resolver
-from homemail.mailauth import dnsbl, iprev, spf
+from homemail.mailauth import checks, dnsbl, iprev, rspamd, spf
 from homemail.mailauth.greylist import Greylist
 from homemail.mailauth.ratelimit import RateLimiter, client_key, in_networks
 from homemail.smtp.policy import Envelope, Policy, RcptTo, SessionInfo
@@ -348,9 +348,30 @@ class InboundPolicy(Policy):
         external: list[str] = envelope.state.get("external") or []
         if not accounts and not external:
             raise SMTPError(554, "5.5.1", "No valid recipients")
-        targets = [DeliveryTarget(account_id) for account_id in accounts]
+        # DKIM, ARC, DMARC, rspamd and Authentication-Results: homemail.mailauth.checks.
+        checked = await self._assess(session, envelope, message)
+        if checked.refusal is not None:
+            code, enhanced, text = checked.refusal
+            log.info(
+                "smtp %s: refused %s from=<%s> %s: %d %s %s",
+                session.session_id,
+                envelope.id,
+                envelope.sender,
+                checked.summary,
+                code,
+                enhanced,
+                text,
+            )
+            raise SMTPError(code, enhanced, text)
+        message = checked.message
+        mailbox = "\\Junk" if checked.junk else "INBOX"
+        targets = [DeliveryTarget(account_id, mailbox) for account_id in accounts]
         trace = (
-            b"Return-Path: <" + envelope.sender.encode("utf-8") + b">\r\n" + session.received_header(envelope)
+            b"Return-Path: <"
+            + envelope.sender.encode("utf-8")
+            + b">\r\n"
+            + session.received_header(envelope)
+            + checked.header
         )
         try:
             if external:
@@ -373,7 +394,7 @@ class InboundPolicy(Policy):
             log.error("smtp %s: storing %s failed: %s", session.session_id, envelope.id, e)
             raise SMTPError(451, "4.3.0", "Temporary failure storing the message; try again later") from None
         log.info(
-            "smtp %s: delivered %s from=<%s> to=%s size=%d copies=%d forwarded=%d",
+            "smtp %s: delivered %s from=<%s> to=%s size=%d copies=%d forwarded=%d%s %s",
             session.session_id,
             envelope.id,
             envelope.sender,
@@ -381,8 +402,28 @@ class InboundPolicy(Policy):
             len(message),
             len(placed),
             len(external),
+            " junk" if checked.junk else "",
+            checked.summary,
         )
         return Reply(250, "2.0.0", f"Ok: delivered as {envelope.id}")
+
+    async def _assess(self, session: SessionInfo, envelope: Envelope, message: bytes) -> checks.Assessment:
+        config = self.services.config
+        spam = self.services.extras.get("rspamd")
+        if spam is None and config.rspamd.url:
+            spam = self.services.extras["rspamd"] = rspamd.Client(config.rspamd.url, config.rspamd.timeout)
+        context = checks.Context(
+            peer_ip=session.peer_ip,
+            helo=session.helo or "",
+            sender=envelope.sender,
+            recipients=[r.address for r in envelope.recipients],
+            queue_id=envelope.id,
+            spf=envelope.state.get("spf"),
+            spf_helo=envelope.state.get("spf_helo"),
+            iprev=session.state.get("iprev"),
+            reverse_name=session.state.get("reverse_name"),
+        )
+        return await checks.assess(message, context, config, get_resolver(self.services), spam)
 
 
 async def _none() -> None:
