@@ -406,6 +406,31 @@ async def dkim_remove(store: Store, domain: str, selector: str) -> None:
     click.echo(f"removed {selector}._domainkey.{domain}")
 
 
+# --- DNS ---------------------------------------------------------------------------------------------------
+
+
+@main.command("dns")
+@click.argument("domain")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--zone", "zone_only", is_flag=True, help="only the zone-file snippet")
+@with_store
+async def dns_cmd(store: Store, domain: str, as_json: bool, zone_only: bool) -> None:
+    """Print the DNS records to publish for DOMAIN: MX, A/AAAA, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, SRV."""
+    import json
+
+    from homemail.doctor import records
+
+    found = await records.domain_records(get_config(click.get_current_context()), store, domain)
+    if as_json:
+        click.echo(json.dumps(records.as_json(found), indent=2))
+    elif zone_only:
+        click.echo(records.zone_text(found), nl=False)
+    else:
+        click.echo(records.table_text(found))
+        click.echo("Zone file:")
+        click.echo(records.zone_text(found), nl=False)
+
+
 # --- demo ----------------------------------------------------------------------------------------------------
 
 DEMO_DOMAIN = "example.test"
@@ -444,7 +469,7 @@ def demo(ctx: click.Context) -> None:
     password = asyncio.run(setup())
     click.echo(f"homemail demo: domain {DEMO_DOMAIN}, user {DEMO_USER}, password {password}")
     click.echo(f"  data folder: {cfg.data_dir}")
-    for key in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http"):
+    for key in ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https"):
         endpoint = getattr(cfg.listen, key)
         if endpoint is not None:
             click.echo(f"  {key:<12} {endpoint}")

@@ -198,6 +198,7 @@ class ListenConfig:
     pop3: Endpoint | None = _with(_endpoint)
     pop3s: Endpoint | None = _with(_endpoint)
     http: Endpoint | None = _with(_endpoint)
+    https: Endpoint | None = _with(_endpoint)  # the same web service over TLS (MTA-STS policies need HTTPS)
 
 
 @dataclass
@@ -234,8 +235,6 @@ class SMTPConfig:
     # Longest wait for the next bytes of a message (DATA or BDAT); RFC 5321 4.5.3.2.6 gives the client 10
     # minutes for the final reply, 3 minutes per data block.
     data_timeout: float = _with(parse_duration, 300.0)
-    # Trusted proxies that may send the PROXY protocol header (v1/v2) before SMTP/IMAP/POP3.
-    proxy_from: list[Any] = _with(_networks, factory=list)
 
 
 @dataclass
@@ -336,6 +335,8 @@ class RelayConfig:
     password: str = field(default="", repr=False)
     password_file: Path | None = _with(_existing_file)
     cafile: Path | None = _with(_existing_file)  # CA for the relay's certificate (default: the system's)
+    # The relay provider's SPF domain ("spf.relay.example"): `homemail dns` puts include:<it> in the SPF record.
+    spf_include: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not self.host:
@@ -363,6 +364,106 @@ class RouteConfig:
             raise ValueError("a [[route]] needs relay")
         if self.after_failures < 0:
             raise ValueError("route after_failures must not be negative")
+
+
+_LISTENER_KEYS = tuple(f.name for f in dataclasses.fields(ListenConfig))
+
+
+def _listener_keys(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(v in _LISTENER_KEYS for v in value):
+        raise ValueError(f"expected a list of listener names ({', '.join(_LISTENER_KEYS)}), got {value!r}")
+    return [str(v) for v in value]
+
+
+@dataclass
+class ProxyConfig:
+    """PROXY protocol (haproxy's, versions 1 and 2) from the load balancers or proxies in front of homemail.
+
+    A connection from a ``trusted`` address to one of ``listeners`` must start with a PROXY header (else it is
+    closed); the client address in it then stands for the connection's everywhere (trace fields, limits, logs).
+    Connections from other addresses are served as they are: a PROXY header from them is just a bad command."""
+
+    trusted: list[Any] = _with(_networks, factory=list)
+    listeners: list[str] = _with(_listener_keys, factory=lambda: list(_LISTENER_KEYS))
+    timeout: float = _with(parse_duration, 5.0)  # for the header; the spec asks for at least 3 seconds
+
+
+def _optional_port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+        raise ValueError(f"expected a port 1-65535, or 0 for a service not offered, got {value!r}")
+    return value
+
+
+def _optional_hostname(value: object) -> str:
+    return "" if value == "" else _hostname(value)
+
+
+def _ip_of_version(version: int) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        try:
+            address = ipaddress.ip_address(str(value))
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+        if address.version != version:
+            raise ValueError(f"not an IPv{version} address: {value!r}")
+        return str(address)
+
+    return check
+
+
+def _mailbox_name(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[^@\s\"]+(@[A-Za-z0-9.-]+)?", value):
+        raise ValueError(f'expected a local part ("dmarc-reports") or an address, got {value!r}')
+    return value
+
+
+@dataclass
+class PublicConfig:
+    """How the world sees this server, where that differs from [listen] (NAT, port forwarding, a proxy in front):
+    what ``homemail dns`` tells to publish and what client autoconfiguration advertises. A port left out is the
+    [listen] one (a listener that is off: not offered); 0 means not offered."""
+
+    hostname: str = _with(_optional_hostname, "")  # default: `hostname`
+    ipv4: str | None = _with(_ip_of_version(4))
+    ipv6: str | None = _with(_ip_of_version(6))
+    submission: int | None = _with(_optional_port)
+    submissions: int | None = _with(_optional_port)
+    imap: int | None = _with(_optional_port)
+    imaps: int | None = _with(_optional_port)
+    pop3: int | None = _with(_optional_port)
+    pop3s: int | None = _with(_optional_port)
+    # The DMARC policy to publish, and where aggregate DMARC and TLS reports go: a local part at each domain
+    # (no outside authorisation record needed) or a whole address.
+    dmarc_policy: str = _with(_one_of("none", "quarantine", "reject"), "quarantine")
+    dmarc_reports: str = _with(_mailbox_name, "dmarc-reports")
+    tls_reports: str = _with(_mailbox_name, "tls-reports")
+
+
+def _max_age(value: object) -> int:
+    seconds = int(parse_duration(value))
+    if not 0 < seconds <= 31_557_600:
+        raise ValueError("max_age must be more than 0 and at most 31557600 seconds (RFC 8461 3.2)")
+    return seconds
+
+
+def _mx_patterns(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", v)
+        for v in value
+    ):
+        raise ValueError('expected a list of host names or "*.domain" patterns')
+    return [v.lower() for v in value]
+
+
+@dataclass
+class MTASTSConfig:
+    """The MTA-STS policy (RFC 8461) served at https://mta-sts.<domain>/.well-known/mta-sts.txt for every local
+    domain. Start with "testing" (senders report failures but deliver anyway) and move to "enforce" once TLS
+    reports are clean; "none" withdraws a policy."""
+
+    mode: str = _with(_one_of("enforce", "testing", "none"), "testing")
+    max_age: int = _with(_max_age, 604800)  # seconds (or "7d"); senders cache the policy this long
+    mx: list[str] = _with(_mx_patterns, factory=list)  # default: the public host name
 
 
 @dataclass
@@ -493,6 +594,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     dmarc: DMARCConfig = field(default_factory=DMARCConfig)
     rspamd: RspamdConfig = field(default_factory=RspamdConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    public: PublicConfig = field(default_factory=PublicConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ LISTENERS: dict[str, tuple[str, str]] = {
     "pop3": ("homemail.pop3.server", "plain"),
     "pop3s": ("homemail.pop3.server", "implicit"),
     "http": ("homemail.web.server", "http"),
+    "https": ("homemail.web.server", "https"),
 }
 
 # Background workers: module paths offering ``start_worker(services) -> asyncio.Task | None``.

@@ -9,6 +9,7 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from homemail import proxyproto
 from homemail.config import Endpoint
 from homemail.imap.session import Session
 from homemail.imap.wire import Conn
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.Server:
+async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.AbstractServer:
     if mode not in ("plain", "implicit"):
         raise ValueError(f"unknown IMAP listener mode {mode!r}")
     implicit = mode == "implicit"
@@ -27,9 +28,10 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
     per_ip: Counter[str] = services.extras.setdefault("imap.connections_per_ip", Counter())
     limit = services.config.imap.max_connections_per_ip
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: tuple[str, int]
+    ) -> None:
+        ip = client[0]  # the peer, or the client named by a trusted proxy's PROXY header
         if per_ip[ip] >= limit:
             try:
                 writer.write(b"* BYE too many connections from your address\r\n")
@@ -40,7 +42,8 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
             return
         per_ip[ip] += 1
         try:
-            session = Session(services, Conn(reader, writer, tls=implicit), starttls_allowed=not implicit)
+            conn = Conn(reader, writer, tls=implicit, peer_ip=ip)
+            session = Session(services, conn, starttls_allowed=not implicit)
             await session.run()
         except asyncio.CancelledError:
             # Shutdown: the session has said BYE. The connection's task ends quietly (asyncio reports a cancelled
@@ -53,11 +56,11 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
             if per_ip[ip] <= 0:
                 del per_ip[ip]
 
-    return await asyncio.start_server(
+    return await proxyproto.start_stream_server(
+        services,
+        "imaps" if implicit else "imap",
+        endpoint,
         handle,
-        endpoint.host,
-        endpoint.port,
         ssl=services.tls if implicit else None,
         limit=2**20,
-        reuse_address=True,
     )

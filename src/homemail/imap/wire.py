@@ -25,10 +25,13 @@ MAX_INFLATE_CHUNK = 1 << 20
 class Conn:
     """One client connection. ``reader``/``writer`` are asyncio streams (or objects with the same methods)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: Any, tls: bool) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: Any, tls: bool, peer_ip: str | None = None
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.tls = tls
+        self._peer_ip = peer_ip  # the client's address when a proxy in front said it (else the peer's)
         self.buf = bytearray()
         self._out: list[bytes] = []
         self.out_size = 0
@@ -161,6 +164,8 @@ class Conn:
             self._inflate_tail = self._inflate.unconsumed_tail
 
     def peer_ip(self) -> str | None:
+        if self._peer_ip is not None:
+            return self._peer_ip
         peer = self.writer.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             return str(peer[0])

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from homemail import proxyproto
 from homemail.pop3.errors import AUTH, IN_USE, SYS_TEMP, ConnectionLost, IdleTimeout, POP3Error
 from homemail.pop3.maildrop import Entry, Maildrop, MaildropLocks
 from homemail.store import Account
@@ -53,6 +54,7 @@ class Session:
         writer: asyncio.StreamWriter,
         tls: bool,
         stls: bool,
+        peer_ip: str | None = None,
     ) -> None:
         self.services = services
         self.store = services.store
@@ -62,8 +64,9 @@ class Session:
         self.writer = writer
         self.tls = tls
         self.stls_allowed = stls
-        peer = writer.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if peer_ip is None:  # else the client's address, from a trusted proxy's PROXY header
+            peer_ip = proxyproto.peer_address(writer)[0]
+        self.peer_ip = peer_ip
         self.state = AUTHORIZATION
         self.user: str | None = None  # USER given, PASS expected next
         self.account: Account | None = None
@@ -490,15 +493,16 @@ async def cmd_noop(s: Session, arg: str) -> str | None:
 # --- listeners ---------------------------------------------------------------------------------------------
 
 
-async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.Server:
+async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.AbstractServer:
     if mode not in ("plain", "implicit"):
         raise ValueError(f"unknown POP3 listener mode {mode!r}")
     implicit = mode == "implicit"
     per_ip: Counter[str] = services.extras.setdefault("pop3.connections_per_ip", Counter())
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: tuple[str, int]
+    ) -> None:
+        ip = client[0]  # the peer, or the client named by a trusted proxy's PROXY header
         if per_ip[ip] >= MAX_CONNECTIONS_PER_IP:
             with contextlib.suppress(ConnectionError, OSError):
                 writer.write(POP3Error("Too many connections from your address", SYS_TEMP).line())
@@ -507,17 +511,17 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
             return
         per_ip[ip] += 1
         try:
-            await Session(services, reader, writer, tls=implicit, stls=not implicit).run()
+            await Session(services, reader, writer, tls=implicit, stls=not implicit, peer_ip=ip).run()
         finally:
             per_ip[ip] -= 1
             if per_ip[ip] <= 0:
                 del per_ip[ip]
 
-    return await asyncio.start_server(
+    return await proxyproto.start_stream_server(
+        services,
+        "pop3s" if implicit else "pop3",
+        endpoint,
         handle,
-        endpoint.host,
-        endpoint.port,
         ssl=services.tls if implicit else None,
         limit=services.config.pop3.max_line_length + 2,
-        reuse_address=True,
     )

@@ -39,7 +39,7 @@ from base64 import b32encode
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from homemail import addresses
+from homemail import addresses, proxyproto
 from homemail import tls as tlsmod
 from homemail.smtp.policy import Envelope, Policy, RcptTo
 from homemail.smtp.replies import (
@@ -251,8 +251,9 @@ Handler = Callable[["Session", str], Awaitable[Reply | None]]
 class Session(asyncio.Protocol):
     """One SMTP connection: the transport glue (buffering, flow control) and the command loop."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, client: tuple[str, int] | None = None) -> None:
         self.listener = listener
+        self._client = client  # the client's address from a PROXY header (see homemail.proxyproto)
         self.services = listener.services
         self.mode = listener.mode
         self.policy = listener.policy
@@ -288,8 +289,7 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        self.peer_ip, self.peer_port = self._client or proxyproto.peer_address(transport)
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.tls = tlsmod.describe(sslobj)
@@ -905,19 +905,17 @@ def make_policy(services: Services, mode: str) -> Policy:
     return SubmissionPolicy(services, mode)
 
 
-async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.Server:
+async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> asyncio.AbstractServer:
     """Listen on ``endpoint``: "mx" (port 25), "submission" (587, STARTTLS) or "submissions" (465, TLS)."""
     if mode not in ("mx", "submission", "submissions"):
         raise ValueError(f"unknown SMTP listener mode {mode!r}")
     listener = Listener(services, mode, make_policy(services, mode))
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: Session(listener),
-        endpoint.host,
-        endpoint.port,
+    return await proxyproto.start_server(
+        services,
+        "smtp" if mode == "mx" else mode,
+        endpoint,
+        lambda client: Session(listener, client),
         ssl=services.tls if mode == "submissions" else None,
-        ssl_handshake_timeout=60.0 if mode == "submissions" else None,
-        reuse_address=True,
+        ssl_handshake_timeout=60.0,
         backlog=1024,
     )
-    return server

@@ -1,0 +1,1 @@
+"""Deliverability: what to publish in DNS (:mod:`homemail.doctor.records`) and, later, checks that it is."""
