@@ -12,6 +12,7 @@ that cannot be asked).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import smtplib
@@ -26,8 +27,11 @@ import pytest
 
 from dnsserver import KnotServer
 from harness import ServerProcess
+from homemail.config import GreylistConfig
 from homemail.mailauth import dnsbl
+from homemail.mailauth.greylist import Greylist
 from homemail.mailauth.ratelimit import RateLimiter, client_key
+from homemail.store.sqlite import SQLiteStore
 
 RCPT = "alice@example.org"
 ZONES = {
@@ -363,3 +367,35 @@ def test_client_keys_and_blocklist_names() -> None:
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7/32"
     assert dnsbl.query_name("192.0.2.7", "zen.spamhaus.org.") == "7.2.0.192.zen.spamhaus.org"
     assert dnsbl.query_name("2001:db8::1", "bl.test") == "1." + "0." * 23 + "8.b.d.0.1.0.0.2.bl.test"
+
+
+def test_greylist_windows_and_expiry(tmp_path: Path) -> None:
+    config = GreylistConfig(enabled=True, delay=60, retry_window=3600, expire=86400, ipv4_prefix=24)
+
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path, fsync=False)
+        await store.open()
+        try:
+            grey = Greylist(store, config)
+            t0 = 1_000_000.0
+
+            async def check(ip: str, sender: str, now: float) -> tuple[bool, str]:
+                d = await grey.check(ip, sender, RCPT, now=now)
+                return d.defer, d.reason
+
+            assert await check("192.0.2.1", "a@x.test", t0) == (True, "new")
+            assert await check("192.0.2.1", "a@x.test", t0 + 30) == (True, "too early")
+            # A retry from another host of the same /24 counts: big senders retry from their pool.
+            assert await check("192.0.2.77", "A@X.test", t0 + 61) == (False, "retried")
+            assert await check("192.0.2.9", "other@y.test", t0 + 62) == (False, "client allowlisted")
+            # Too late a retry starts over.
+            assert await check("198.51.100.1", "b@x.test", t0) == (True, "new")
+            assert await check("198.51.100.1", "b@x.test", t0 + 3601 + 60) == (True, "new")
+            # Entries unseen for `expire` are forgotten (the sweep runs at most hourly).
+            later = t0 + 86400 + 7200
+            assert await check("192.0.2.9", "other@y.test", later) == (True, "new")
+            assert not await store.greylist_get([f"c:{grey.network('192.0.2.1')}"])
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
