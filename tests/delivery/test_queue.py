@@ -118,7 +118,7 @@ def test_4xx_then_accepted_exactly_once(q: Homemail, remote: Remote) -> None:
     rcpt = f"once-{mark[:8]}@remote.test"
     submit(q, ALICE, [rcpt], mark)
     wait_for(lambda: remote.with_marker(mark), message="the retry to be accepted")
-    time.sleep(1.5)  # a retry that should not happen would be due by now
+    time.sleep(1.2)  # a retry that should not happen would be due by now
     (got,) = remote.with_marker(mark)
     assert got.recipients == [rcpt] and got.sender == ALICE
     assert remote.attempts[rcpt] == 2
@@ -326,7 +326,7 @@ def test_restart_with_a_full_queue(q: Homemail, remote: Remote, remotes: list[Re
     q.start()
     for mark in marks:
         wait_for(lambda mark=mark: down.with_marker(mark), message=f"{mark} after the restart")
-    time.sleep(1.5)
+    time.sleep(1.2)
     for i, mark in enumerate(marks):
         (got,) = down.with_marker(mark)
         assert got.recipients == [f"user{i}@down.test"]
