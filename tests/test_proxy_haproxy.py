@@ -333,3 +333,9 @@ def test_untrusted_client_cannot_claim_an_address(servers: tuple[ServerProcess, 
         assert c.cmd("PROXY TCP4 192.0.2.1 127.0.0.1 1234 110").startswith(b"-ERR")
     finally:
         c.close()
+    c = Line(server.port("imaps"), "127.0.0.30", tls=True)  # TLS at once, as without a proxy
+    try:
+        assert c.line().startswith(b"* OK")
+        assert c.cmd("a NOOP").startswith(b"a OK")
+    finally:
+        c.close()

@@ -405,13 +405,15 @@ class ProxyListener(asyncio.AbstractServer):
             except (ConnectionAbortedError, InterruptedError, BlockingIOError):
                 continue
             except OSError as e:
+                if not self._serving:
+                    return
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("%s: cannot accept connections: %s; pausing for a second", self.key, e)
                     await asyncio.sleep(1)
-                    continue
-                if not self._serving:
-                    return
-                raise
+                else:
+                    log.warning("%s: accept failed: %s", self.key, e)
+                    await asyncio.sleep(0.1)
+                continue
             task = self._loop.create_task(self._connection(conn, address))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
@@ -440,6 +442,9 @@ class ProxyListener(asyncio.AbstractServer):
         except (OSError, ssl_mod.SSLError, TimeoutError) as e:
             # A TLS handshake that failed or timed out, a client gone: as asyncio.Server would, drop it quietly.
             log.debug("%s: connection from %s: %s", self.key, client or peer, e)
+            conn.close()
+        except Exception:
+            log.exception("%s: connection from %s failed", self.key, client or peer)
             conn.close()
 
     # --- asyncio.AbstractServer ---
