@@ -167,3 +167,55 @@ def test_mail_passes_by_the_printed_records(world: World) -> None:
     assert "with ESMTPS" in received_fields(message)[0]
     log = wait_for(lambda: "mta-sts r.test: policy" in world.s.log() and world.s.log())
     assert re.search(r"mta-sts r\.test: policy [0-9a-f]{20}, mode enforce, mx mx\.r\.test", log), log
+
+
+# --- the SPF and TXT rules, without servers ------------------------------------------------------------------
+
+
+def _config(**table: Any) -> Any:
+    from homemail import config
+
+    relay = {"host": "smtp.relay.example", "username": "u", "password": "p"}
+    relays = [{"name": name, **relay, **extra} for name, extra in table.pop("relays", {}).items()]
+    return config.from_dict({"hostname": "mx.example.org", "relay": relays, **table})
+
+
+def test_spf_direct_delivery() -> None:
+    from homemail.doctor.records import spf_record
+    from homemail.public import PublicAddresses
+
+    cfg = _config(delivery={"source_ipv4": "192.0.2.9"})
+    assert spf_record(cfg, PublicAddresses("192.0.2.1", "2001:db8::1")) == (
+        "v=spf1 mx ip4:192.0.2.1 ip4:192.0.2.9 ip6:2001:db8::1 -all",
+        [],
+    )
+    assert spf_record(cfg, PublicAddresses(None, None))[0] == "v=spf1 mx ip4:192.0.2.9 -all"
+
+
+def test_spf_with_relays() -> None:
+    from homemail.doctor.records import spf_record
+    from homemail.public import PublicAddresses
+
+    addresses = PublicAddresses("192.0.2.1", None)
+    # Every message through the relay: only its include.
+    cfg = _config(relays={"r": {"spf_include": "spf.relay.example"}}, route=[{"relay": "r"}])
+    assert spf_record(cfg, addresses) == ("v=spf1 include:spf.relay.example -all", [])
+    # Direct first, the relay after failures, or the relay for some domains only: both.
+    for route in ({"relay": "r", "after_failures": 3}, {"relay": "r", "domains": ["gmail.com"]}):
+        cfg = _config(relays={"r": {"spf_include": "spf.relay.example"}}, route=[route])
+        assert spf_record(cfg, addresses)[0] == "v=spf1 mx ip4:192.0.2.1 include:spf.relay.example -all"
+    # A relay without spf_include: this server's own terms, and a note saying what is missing.
+    cfg = _config(relays={"r": {}}, route=[{"relay": "r"}])
+    spf, notes = spf_record(cfg, addresses)
+    assert spf == "v=spf1 mx ip4:192.0.2.1 -all"
+    assert len(notes) == 1 and "spf_include" in notes[0]
+
+
+def test_txt_rdata_splits_and_escapes() -> None:
+    from homemail.doctor.records import txt_rdata
+
+    assert txt_rdata("v=spf1 -all") == '"v=spf1 -all"'
+    assert txt_rdata('a"b\\c') == '"a\\"b\\\\c"'
+    long = "x" * 300
+    assert txt_rdata(long) == f'( "{"x" * 255}" "{"x" * 45}" )'
+    assert txt_rdata("") == '""'
