@@ -70,6 +70,8 @@ def world(knot: KnotServer) -> Iterator[tuple[Homemail, Homemail, PostfixRelay]]
         "mx.one.test",
         knot.nameserver,
         config={
+            # Connections stay pooled long enough for the next test message to find them.
+            "delivery": {"idle_close": "5s"},
             "relay": [
                 relay("smarthost", 587, ca),
                 relay("no-tls", 2525, ca),
@@ -187,6 +189,21 @@ def test_relay_5xx_gives_a_failure_report(a: Homemail, b: Homemail) -> None:
     assert r["remote-mta"] == f"dns; relay.test [{RELAY_IP}]"
     assert "554 5.7.1" in r["diagnostic-code"] and "Refused by the relay (rule 9)" in r["diagnostic-code"]
     assert a.queued_with(mark) == []
+
+
+def test_a_pooled_relay_connection_is_not_lent_to_another_relay(a: Homemail, b: Homemail) -> None:
+    """ "untrusted" names the same host, port and user as "smarthost" but no CA: it must open (and fail) its own
+    connection, not take the verified one "smarthost" left in the pool."""
+    first, second = marker(), marker()
+    submit(a, ALICE, ["bob@two.test"], first)
+    b.wait_message("bob@two.test", first)
+    submit(a, ALICE, ["someone@eight.test"], second)
+    (row,) = wait_for(
+        lambda: (rows := a.queued_with(second)) and rows[0]["attempts"] >= 1 and rows,
+        message="a failed attempt",
+    )
+    assert "TLS with relay.test failed" in row["last_error"], row["last_error"]
+    a.cli("queue", "delete", str(row["message_id"]))
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,9 @@ class ConnectFailed(Exception):
         self.permanent = permanent
 
 
+TargetKey = tuple[str, str, int, str, str | None, str | None, Path | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where and how to connect."""
@@ -55,8 +58,10 @@ class Target:
     cafile: Path | None = None
 
     @property
-    def key(self) -> tuple[str, str, int, str, str | None]:
-        return (self.host, self.ip, self.port, self.tls, self.username)
+    def key(self) -> TargetKey:
+        """What a pooled connection must match to be reused: everything that decided how it was opened (two
+        relays on one host with other credentials or another CA do not share connections)."""
+        return (self.host, self.ip, self.port, self.tls, self.username, self.password, self.cafile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +308,7 @@ class Pool:
 
     def __init__(self, idle_close: float) -> None:
         self.idle_close = idle_close
-        self._idle: dict[tuple[str, str, int, str, str | None], list[Connection]] = {}
+        self._idle: dict[TargetKey, list[Connection]] = {}
 
     def take(self, target: Target) -> Connection | None:
         conns = self._idle.get(target.key)
