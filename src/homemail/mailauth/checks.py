@@ -135,7 +135,7 @@ def _entries(
 
 
 def _from_values(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
-    return [bytes(v).decode("utf-8", "replace").strip() for n, v in headers if n.lower() == b"from"]
+    return [v.decode("utf-8", "replace").strip() for n, v in headers if n.lower() == b"from"]
 
 
 async def assess(
@@ -182,14 +182,22 @@ async def _authenticate(
     message: bytes, ctx: Context, resolver: Resolver, sample: Callable[[], float]
 ) -> tuple[list[dkimverify.DKIMResult], dmarc.Outcome, arc.ARCResult]:
     """DKIM, DMARC discovery and ARC at the same time, then DMARC evaluated for each author domain."""
-    parsed = dkimverify.parse(message)
-    domains = dmarc.author_domains(_from_values(parsed.headers))[:5]
+    fields = results.fields(message)
+    names = {n.lower() for n, _ in fields}
+    domains = dmarc.author_domains(_from_values(fields))[:5]
     spf_result, spf_domain = _spf_identity(ctx)
-    dkim_results, found, arc_result = await asyncio.gather(
-        dkimverify.verify_parsed(parsed, len(message), resolver),
-        asyncio.gather(*(dmarc.discover(resolver, d) for d in domains)),
-        arc.verify(message, parsed.headers, resolver),
-    )
+    dkim_results: list[dkimverify.DKIMResult] = []
+    arc_result = arc.ARCResult("none")
+    if b"dkim-signature" in names or names.intersection(arc.ARC_FIELDS):
+        dkim_results, found, arc_result = await asyncio.gather(
+            dkimverify.verify_parsed(dkimverify.parse(message), len(message), resolver),
+            asyncio.gather(*(dmarc.discover(resolver, d) for d in domains)),
+            arc.verify(message, fields, resolver),
+        )
+    elif len(domains) == 1:  # the common case, without the cost of tasks
+        found = [await dmarc.discover(resolver, domains[0])]
+    else:
+        found = await asyncio.gather(*(dmarc.discover(resolver, d) for d in domains))
     outcome = dmarc.Outcome(
         [
             dmarc.evaluate(d, f, dkim_results, spf_result, spf_domain, sample)

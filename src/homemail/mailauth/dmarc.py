@@ -216,11 +216,22 @@ def evaluate(
     )
 
 
+# A display name without quotes, comments or commas and one angle-addr, or a bare addr-spec.
+_SIMPLE_FROM = re.compile(
+    r'\s*(?:[^"(),:;<>@\\]*<([^\s"(),:;<>@\\]+@[^\s"(),:;<>@\\]+)>|([^\s"(),:;<>@\\]+@[^\s"(),:;<>@\\]+))\s*'
+)
+
+
 def author_domains(from_values: Sequence[str]) -> list[str]:
     """The distinct domains of the addresses in the From: fields (6.6.1), lower-case, in order; [] when there is
     no usable address (no From:, group syntax only, or an address without a domain)."""
     out: list[str] = []
-    for _, addr in email.utils.getaddresses(list(from_values)):
+    simple = [_SIMPLE_FROM.fullmatch(v) for v in from_values]
+    if all(simple):  # the usual "Name <local@domain>" or "local@domain": no RFC 5322 parser needed
+        addresses = [m.group(1) or m.group(2) for m in simple if m]
+    else:
+        addresses = [addr for _, addr in email.utils.getaddresses(list(from_values))]
+    for addr in addresses:
         domain = addr.rpartition("@")[2].strip().rstrip(".").lower() if "@" in addr else ""
         if domain.startswith("[") or not domain:
             continue

@@ -92,6 +92,17 @@ def split_header(message: bytes) -> tuple[list[bytes], bytes]:
     return fields, rest
 
 
+def fields(message: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields as (name, value): the value is everything after the colon, continuation lines and
+    line breaks included, as dkimpy's parser gives them (CRLF at the end removed)."""
+    out = []
+    for raw in split_header(message)[0]:
+        name, colon, value = raw.partition(b":")
+        if colon:
+            out.append((name.rstrip(b" \t"), value[:-2]))
+    return out
+
+
 def field_name(raw: bytes) -> bytes:
     return raw.split(b":", 1)[0].strip().lower()
 
