@@ -357,9 +357,13 @@ def test_trusted_list_overrides_dmarc_reject(mx: ServerProcess) -> None:
     ar = auth_results(stored)
     assert [(r, p["header.d"]) for r, p in results_of(ar, "dkim")] == [("fail", "reject.test")]
     assert results_of(ar, "dmarc") == [("fail", {"header.from": "reject.test"})]
-    assert results_of(ar, "arc") == [("pass", {})]
+    assert results_of(ar, "arc") == [("pass", {"header.as-d": "lists.test", "smtp.remote-ip": "127.0.0.1"})]
     text = stored.decode()
-    assert "overridden" in text and "lists.test" in text and "arc=pass (i=1 d=lists.test)" in text
+    assert (
+        "overridden" in text
+        and "lists.test" in text
+        and "arc=pass (i=1 d=lists.test cv=none) header.as-d=lists.test" in text
+    )
 
 
 def test_untrusted_list_does_not_override(mx: ServerProcess) -> None:
@@ -394,7 +398,7 @@ def test_forwarder_then_trusted_list(mx: ServerProcess) -> None:
     )
     data = list_copy(forwarded, "lists.test", "lists", "arc=pass; " + GOOD)
     stored = delivered(mx, data, m, sender="list-bounces@lists.test")
-    assert "arc=pass (i=2 d=lists.test)" in stored.decode()
+    assert "arc=pass (i=2 d=lists.test cv=pass)" in stored.decode()
 
 
 def test_plain_forward_keeps_dkim(mx: ServerProcess) -> None:
@@ -408,4 +412,4 @@ def test_plain_forward_keeps_dkim(mx: ServerProcess) -> None:
     stored = delivered(mx, forwarded, m, sender="someone@fwd.test")
     ar = auth_results(stored)
     assert results_of(ar, "dmarc") == [("pass", {"header.from": "reject.test"})]
-    assert results_of(ar, "arc") == [("pass", {})]
+    assert results_of(ar, "arc") == [("pass", {"header.as-d": "fwd.test", "smtp.remote-ip": "127.0.0.1"})]

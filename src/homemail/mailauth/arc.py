@@ -45,6 +45,7 @@ class ARCResult:
     sealer: str = ""  # d= of the newest ARC-Seal
     aar: str = ""  # the newest ARC-Authentication-Results value
     reason: str = ""
+    cv: str = ""  # the cv= the newest ARC-Seal carries (what the last sealer found of the chain before it)
 
     @property
     def comment(self) -> str:
@@ -53,6 +54,8 @@ class ARCResult:
         text = f"i={self.instances}"
         if self.sealer:
             text += f" d={self.sealer}"
+        if self.cv:
+            text += f" cv={self.cv}"
         if self.result != "pass" and self.reason:
             text += f"; {self.reason}"
         return text
@@ -81,20 +84,22 @@ def _key_names(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     return names
 
 
-def _newest(fields: Sequence[tuple[bytes, bytes]], instances: int) -> tuple[str, str]:
-    """(d= of the newest ARC-Seal, value of the newest ARC-Authentication-Results)."""
-    sealer, aar = "", ""
+def _newest(fields: Sequence[tuple[bytes, bytes]], instances: int) -> tuple[str, str, str]:
+    """(d= and cv= of the newest ARC-Seal, value of the newest ARC-Authentication-Results)."""
+    sealer, cv, aar = "", "", ""
     for name, value in fields:
         if _instance(value) != instances:
             continue
         if name == b"arc-seal":
             try:
-                sealer = parse_tag_value(value).get(b"d", b"").decode("ascii", "replace").lower().rstrip(".")
+                tags = parse_tag_value(value)
             except InvalidTagValueList:
-                pass
+                continue
+            sealer = tags.get(b"d", b"").decode("ascii", "replace").lower().rstrip(".")
+            cv = tags.get(b"cv", b"").decode("ascii", "replace").lower()
         elif name == b"arc-authentication-results":
             aar = re.sub(r"\s+", " ", value.decode("utf-8", "replace")).strip()
-    return sealer, aar
+    return sealer, cv, aar
 
 
 def _validate(message: bytes, keys: dict[bytes, bytes | TemporaryError | None]) -> tuple[str, str]:
@@ -114,18 +119,18 @@ async def verify(message: bytes, headers: Sequence[tuple[bytes, bytes]], resolve
     if not fields:
         return ARCResult("none")
     instances = max(_instance(v) for _, v in fields)
-    sealer, aar = _newest(fields, instances)
+    sealer, cv, aar = _newest(fields, instances)
     if not 0 < instances <= MAX_INSTANCES:
-        return ARCResult("fail", instances, sealer, aar, "bad instance numbers")
+        return ARCResult("fail", instances, sealer, aar, "bad instance numbers", cv)
     keys = await fetch_keys(resolver, _key_names(fields))
     problem = next((v for v in keys.values() if isinstance(v, TemporaryError)), None)
     if problem is not None:
-        return ARCResult("temperror", instances, sealer, aar, f"key unavailable: {problem}")
+        return ARCResult("temperror", instances, sealer, aar, f"key unavailable: {problem}", cv)
     if len(message) <= INLINE_LIMIT:
         result, reason = _validate(message, keys)
     else:
         result, reason = await asyncio.to_thread(_validate, message, keys)
-    return ARCResult(result, instances, sealer, aar, reason)
+    return ARCResult(result, instances, sealer, aar, reason, cv)
 
 
 def trusted(sealer: str, sealers: Sequence[str]) -> bool:

@@ -130,7 +130,8 @@ def _entries(
                 comment += f"; {r.reason}"
             out.append(Entry("dmarc", r.result, comment.strip("; "), (("header.from", r.from_domain),)))
     if arc_result is not None and arc_result.result != "none":
-        out.append(Entry("arc", arc_result.result, arc_result.comment))
+        props = (("header.as-d", arc_result.sealer), ("smtp.remote-ip", ctx.peer_ip))
+        out.append(Entry("arc", arc_result.result, arc_result.comment, props))
     return out
 
 
