@@ -2,14 +2,16 @@
 DNS server, a scriptable remote SMTP server (aiosmtpd), DKIM verification against knot, reading mail and the
 queue back.
 
-Addresses: each test module uses its own loopback addresses (127.0.0.x), so a module never meets a server
-another module left behind.
+Addresses: each test module takes its own block of loopback addresses (:func:`loopback_block`, 127.A.B.x with
+A and B chosen at random), so servers on port 25 of one module never meet those of another module, or of another
+test run on the same machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
 import re
 import shutil
 import smtplib
@@ -37,6 +39,12 @@ from harness import ServerProcess
 T = TypeVar("T")
 
 PASSWORD = "correct horse battery"
+
+
+def loopback_block() -> str:
+    """A random ``127.A.B.`` prefix (Linux routes all of 127/8 to the loopback interface)."""
+    rng = random.SystemRandom()
+    return f"127.{rng.randint(100, 254)}.{rng.randint(0, 255)}."
 
 
 def marker() -> str:

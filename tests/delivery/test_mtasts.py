@@ -1,7 +1,7 @@
-"""MTA-STS (RFC 8461) on the sending side: homemail S (127.0.0.40) finds a policy through knot's ``_mta-sts``
-TXT record, fetches it over HTTPS from ``mta-sts.<domain>`` (a test server on 127.0.0.42 with a trustme
+"""MTA-STS (RFC 8461) on the sending side: homemail S (NET.40) finds a policy through knot's ``_mta-sts``
+TXT record, fetches it over HTTPS from ``mta-sts.<domain>`` (a test server on NET.42 with a trustme
 certificate, found through the same DNS), and in enforce mode sends only to matching MX hosts whose certificate
-is valid. The receiving homemail R (127.0.0.41) has a trustme certificate for mx.sts.test only.
+is valid. The receiving homemail R (NET.41) has a trustme certificate for mx.sts.test only.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from delivery_helpers import Homemail, marker, received_fields, start_all, submit, wait_for
+from delivery_helpers import Homemail, loopback_block, marker, received_fields, start_all, submit, wait_for
 
 from dnsserver import KnotServer
 from harness import free_port
 
-S_IP, R_IP, HTTPS_IP = "127.0.0.40", "127.0.0.41", "127.0.0.42"
+NET = loopback_block()
+S_IP, R_IP, HTTPS_IP = NET + "40", NET + "41", NET + "42"
 HTTPS_PORT = free_port(HTTPS_IP)
 
 

@@ -1,5 +1,6 @@
 """Two homemail instances exchanging mail over real SMTP on port 25, found through a real DNS server (knot):
-one.test's MX is 127.0.0.2, two.test's is 127.0.0.3. Mail is submitted with swaks and msmtp, DKIM-signed
+one.test's MX is A (NET.2), two.test's is B (NET.3), NET being a
+block of 127/8 picked per run (delivery_helpers.loopback_block). Mail is submitted with swaks and msmtp, DKIM-signed
 (RSA and Ed25519 keys made by ``homemail dkim keygen`` and published in knot), delivered to the other side's MX,
 read back with ``homemail export`` and verified with dkimpy. Failures come back as RFC 3464 reports.
 """
@@ -21,6 +22,7 @@ from delivery_helpers import (
     compose,
     dkim_signatures,
     in_parallel,
+    loopback_block,
     marker,
     parse,
     parse_dsn,
@@ -34,7 +36,8 @@ from delivery_helpers import (
 from dnsserver import KnotServer
 from harness import require_peer
 
-A_IP, B_IP = "127.0.0.2", "127.0.0.3"
+NET = loopback_block()
+A_IP, B_IP = NET + "2", NET + "3"
 ZONES = {
     "one.test": ["@ MX 10 mx", f"mx A {A_IP}", f'@ TXT "v=spf1 ip4:{A_IP} -all"'],
     "two.test": ["@ MX 10 mx", f"mx A {B_IP}", f'@ TXT "v=spf1 ip4:{B_IP} -all"'],

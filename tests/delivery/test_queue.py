@@ -1,5 +1,5 @@
-"""The outbound queue against remote servers whose answers the test decides (aiosmtpd on 127.0.0.11:25, and
-one on 127.0.0.12:25 that is down until a test brings it up): retries after 4xx, failure and delay reports
+"""The outbound queue against remote servers whose answers the test decides (aiosmtpd on NET.11:25, and
+one on NET.12:25 that is down until a test brings it up): retries after 4xx, failure and delay reports
 (RFC 3464), a restart with a full queue, and the ``homemail queue`` commands.
 
 ``q`` retries every second and reports a delay after three; ``h`` waits an hour between attempts, so only the
@@ -20,6 +20,7 @@ from delivery_helpers import (
     Received,
     Remote,
     compose,
+    loopback_block,
     marker,
     parse,
     parse_dsn,
@@ -30,12 +31,13 @@ from delivery_helpers import (
 
 from dnsserver import KnotServer
 
-Q_IP, REMOTE_IP, DOWN_IP, DEAD_IP, H_IP = "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"
+NET = loopback_block()
+Q_IP, REMOTE_IP, DOWN_IP, DEAD_IP, H_IP = (NET + str(n) for n in (10, 11, 12, 13, 14))
 ZONES = {
     # Every behaviour is chosen per recipient by the remote (see remote_rcpt); the domains only route.
     "remote.test": ["@ MX 10 mx", f"mx A {REMOTE_IP}"],
     "down.test": ["@ MX 10 mx", f"mx A {DOWN_IP}"],
-    # The best MX is dead (nothing listens on 127.0.0.13), the backup takes the mail.
+    # The best MX is dead (nothing listens on DEAD_IP), the backup takes the mail.
     "backup.test": ["@ MX 10 mx1", "@ MX 20 mx2", f"mx1 A {DEAD_IP}", f"mx2 A {REMOTE_IP}"],
     # No MX: the domain's own address is its mail host (RFC 5321 5.1).
     "implicit.test": [f"@ A {REMOTE_IP}"],

@@ -1,5 +1,5 @@
-"""Delivery through a relay (smarthost), the hybrid mode: a real Postfix on 127.0.0.22 requiring STARTTLS and
-AUTH (SASL by Dovecot's auth server) hands mail on to homemail B (127.0.0.21); homemail A (127.0.0.20) sends
+"""Delivery through a relay (smarthost), the hybrid mode: a real Postfix on NET.22 requiring STARTTLS and
+AUTH (SASL by Dovecot's auth server) hands mail on to homemail B (NET.21); homemail A (NET.20) sends
 two.test through it, three.test direct, four.test direct until two attempts failed and then through the relay.
 Relays that lack TLS or AUTH, refuse the login or show a certificate A cannot verify keep the mail queued with
 the reason; a relay's 5xx comes back as a report.
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from delivery_helpers import (
     Homemail,
+    loopback_block,
     marker,
     parse,
     parse_dsn,
@@ -26,7 +27,8 @@ from postfix_relay import PostfixRelay
 
 from dnsserver import KnotServer
 
-A_IP, B_IP, RELAY_IP, DEAD_IP = "127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.29"
+NET = loopback_block()
+A_IP, B_IP, RELAY_IP, DEAD_IP = NET + "20", NET + "21", NET + "22", NET + "29"
 ZONES = {
     "one.test": ["@ MX 10 mx", f"mx A {A_IP}"],
     "two.test": ["@ MX 10 mx", f"mx A {B_IP}"],
@@ -151,7 +153,7 @@ def test_only_the_routed_domain_goes_through_the_relay(
     for m in (relayed, direct):
         assert sorted(verify_all_dkim(m, (knot.host, knot.port))) == ["ed25519-sha256", "rsa-sha256"]
     log = a.log()
-    assert "<bob@two.test> delivered via relay.test [127.0.0.22]" in log
+    assert f"<bob@two.test> delivered via relay.test [{RELAY_IP}]" in log
     assert f"<carol@three.test> delivered via mx.two.test [{B_IP}]" in log
 
 
@@ -168,7 +170,7 @@ def test_after_failures_falls_back_to_the_relay(a: Homemail, b: Homemail) -> Non
     assert len(queue_lines) == 3, queue_lines
     assert "deferred (attempt 1)" in queue_lines[0] and DEAD_IP in queue_lines[0]
     assert "deferred (attempt 2)" in queue_lines[1]
-    assert "delivered via relay.test [127.0.0.22]" in queue_lines[2]
+    assert f"delivered via relay.test [{RELAY_IP}]" in queue_lines[2]
 
 
 def test_relay_5xx_gives_a_failure_report(a: Homemail, b: Homemail) -> None:
