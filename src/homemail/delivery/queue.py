@@ -217,8 +217,9 @@ class QueueWorker:
                 updates.append(RecipientUpdate(r.id, "sent", last_error="", remote=remote))
             elif reply.permanent or expired:
                 if not reply.permanent:
-                    text = f"{text} (gave up after {int((now - message.created) // 3600)} hours)"
-                    status = "5" + status[1:] if status[0] == "4" else "4.4.7"
+                    # Failed for good now: the last reply's detail with the permanent class (RFC 3463 2).
+                    text = f"{text} (gave up after {_duration(now - message.created)})"
+                    status = "5" + status[1:]
                 log.info("queue %d: <%s> failed: %s", message.id, r.address, text)
                 updates.append(RecipientUpdate(r.id, "failed", last_error=text, remote=remote))
                 if dsn.wants_notice(r.notify, "failed"):
@@ -263,6 +264,16 @@ class QueueWorker:
             arrival=message.created,
         )
         await deliver_notice(self.services, message.sender, report)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} hours"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
 
 
 def without_return_path(data: bytes) -> bytes:
