@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from homemail import addresses as addr
 from homemail import public
 from homemail.config import Config
 from homemail.mailauth import dkim
@@ -104,9 +105,11 @@ def spf_record(config: Config, addresses: public.PublicAddresses) -> tuple[str, 
 
 async def domain_records(config: Config, store: Store, domain: str) -> DomainRecords:
     """Every record to publish for ``domain`` (a local domain; LookupError otherwise)."""
-    domain = domain.strip().rstrip(".").lower()
-    if not await store.is_local_domain(domain):
-        raise LookupError(f"unknown domain {domain}: add it first with 'homemail domain add'")
+    given = domain.strip().rstrip(".").lower()
+    if not await store.is_local_domain(given):
+        raise LookupError(f"unknown domain {given}: add it first with 'homemail domain add'")
+    unicode_name = addr.normalize_domain(given)
+    domain = addr.domain_ascii(unicode_name)  # DNS names are A-labels (an IDN domain is xn--...)
     host = public.public_hostname(config)
     d, h = _fqdn(domain), _fqdn(host)
     out = DomainRecords(domain, host)
@@ -127,7 +130,11 @@ async def domain_records(config: Config, store: Store, domain: str) -> DomainRec
     add(Record(d, "TXT", spf, "SPF: the hosts that may send mail from this domain"))
     out.notes += notes
 
-    keys = await store.dkim_keys(domain)
+    keys = list(
+        {
+            k.selector: k for name in {given, unicode_name, domain} for k in await store.dkim_keys(name)
+        }.values()
+    )
     for key in keys:
         state = "signing key" if key.active else "retired key, keep until its mail is old, then remove"
         add(

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from homemail import public
+from homemail import addresses, public
 
 if TYPE_CHECKING:
     from homemail.server import Services
@@ -49,8 +49,10 @@ def request_host(request: Request) -> str:
 
 
 def _domain_of(address: str) -> str:
-    domain = address.rpartition("@")[2].strip().rstrip(".").lower()
-    return domain if _DOMAIN.fullmatch(domain) else ""
+    try:
+        return addresses.normalize_domain(address.rpartition("@")[2])
+    except ValueError:
+        return ""
 
 
 class Web:
