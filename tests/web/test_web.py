@@ -284,3 +284,39 @@ def test_dns_json_matches_what_is_served(server: ServerProcess) -> None:
     assert any(r["placeholder"] for r in out["records"])
     zone = server.cli("dns", "example.org", "--zone").stdout
     assert f"; {HOST}." in zone and "<your public IPv4>" in zone  # a comment, not a record
+
+
+def test_silent_connection_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from harness import free_port
+    from homemail.config import Endpoint
+    from homemail.server import build_services
+    from homemail.web import server as web_server
+
+    monkeypatch.setattr(web_server, "FIRST_REQUEST_TIMEOUT", 0.3)
+
+    async def run() -> None:
+        cfg = config_mod.from_dict({"hostname": HOST, "data_dir": str(tmp_path), "storage": {"fsync": False}})
+        services = await build_services(cfg)
+        endpoint = Endpoint("127.0.0.1", free_port())
+        listener = await web_server.start_listener(services, endpoint, "http")
+        try:
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            start = time.monotonic()
+            assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed, nothing said
+            assert time.monotonic() - start < 2
+            writer.close()
+            # A client that talks is served as usual.
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.5)
+            assert not reader.at_eof()  # past the silence limit, the kept-alive connection stays
+            writer.close()
+        finally:
+            listener.close()
+            await asyncio.wait_for(listener.wait_closed(), 5)
+            await services.store.close()
+
+    asyncio.run(run())

@@ -26,17 +26,39 @@ if TYPE_CHECKING:
     from homemail.server import Services
 
 
+FIRST_REQUEST_TIMEOUT = 30.0  # a connection that sends nothing is closed (uvicorn itself would wait forever)
+
+
 class _Protocol(H11Protocol):
     """uvicorn's h11 protocol, with the client address from a PROXY header when there was one."""
 
     def __init__(self, *args: Any, client: tuple[str, int] | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._proxied_client = client
+        self._silence: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self._proxied_client is not None:
             self.client = self._proxied_client
+        self._silence = self.loop.call_later(FIRST_REQUEST_TIMEOUT, self._close_silent)
+
+    def data_received(self, data: bytes) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        super().connection_lost(exc)
+
+    def _close_silent(self) -> None:
+        self._silence = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class WebServer(asyncio.AbstractServer):
@@ -93,6 +115,7 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
         proxy_headers=False,  # client addresses come from the PROXY protocol, not X-Forwarded-For
         server_header=False,
         timeout_keep_alive=5,
+        limit_concurrency=1000,  # beyond it: 503
     )
     config.load()
     state = ServerState()
