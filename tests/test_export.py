@@ -95,14 +95,18 @@ def test_dovecot_reads_the_export(exported: Path) -> None:
             "FETCH 1 (FLAGS BODY.PEEK[])",
             "SELECT Sent",
             "FETCH 1 (FLAGS INTERNALDATE)",
+            "SELECT INBOX",
+            "FETCH 1:* (UID FLAGS)",
         ],
     )
     assert '"Projekte.&ANw-bersicht"' in out or "Projekte.&ANw-bersicht" in out
     assert "* 3 EXISTS" in out
     assert "Subject: message 2" in out
-    assert "* 1 FETCH (FLAGS (\\Flagged \\Recent Work) BODY[] {142}" in out
+    # dovecot-uidlist gives Dovecot our UIDs (so the messages are not \\Recent to it either).
+    assert "* 1 FETCH (FLAGS (\\Flagged Work) BODY[] {142}" in out
     assert "Body of message 20.\r\nSecond line." in out
-    assert '(FLAGS (\\Answered \\Seen \\Recent) INTERNALDATE "04-Mar-2026 03:06:07 +0000")' in out
+    assert '(FLAGS (\\Answered \\Seen) INTERNALDATE "04-Mar-2026 03:06:07 +0000")' in out
+    assert "* 3 FETCH (UID 3 FLAGS ())" in out
 
 
 def test_neomutt_reads_the_export(exported: Path, tmp_path: Path) -> None:

@@ -245,13 +245,93 @@ async def alias_remove(store: Store, source: str, target: str | None) -> None:
 @main.command("export")
 @click.argument("address")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["maildir", "mbox"]),
+    default="maildir",
+    show_default=True,
+    help="a Maildir++ tree (Dovecot's layout), or one mboxrd file per folder (DIR/Work/Projects.mbox)",
+)
 @with_store
-async def export_cmd(store: Store, address: str, directory: str) -> None:
-    """Write all of a user's folders as a Maildir++ tree."""
-    from homemail.transfer.maildir import export_account
+async def export_cmd(store: Store, address: str, directory: str, fmt: str) -> None:
+    """Write all of a user's folders, with their flags and dates, as a Maildir++ tree or as mbox files."""
+    if fmt == "mbox":
+        from homemail.transfer.mbox import export_account
+    else:
+        from homemail.transfer.maildir import export_account
 
     counts = await export_account(store, address, Path(directory))
     click.echo(f"exported {sum(counts.values())} messages in {len(counts)} folders to {directory}")
+
+
+@main.command("import")
+@click.argument("address")
+@click.argument("source")
+@click.option(
+    "--folder", help="mbox: put every message into this folder (default: INBOX, or the Gmail labels)"
+)
+@click.option(
+    "--password-stdin", is_flag=True, help="IMAP: read the password from the first line of standard input"
+)
+@click.option("--insecure", is_flag=True, help="IMAP: do not verify the server's certificate")
+@click.option(
+    "--cafile",
+    type=click.Path(dir_okay=False, exists=True),
+    help="IMAP: trust the CA certificates in this PEM file",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True, help="messages per commit"
+)
+@with_store
+async def import_cmd(
+    store: Store,
+    address: str,
+    source: str,
+    folder: str | None,
+    password_stdin: bool,
+    insecure: bool,
+    cafile: str | None,
+    batch_size: int,
+) -> None:
+    """Import mail into a user's folders, with flags and dates, from SOURCE: an mbox file (Gmail Takeout's: the
+    labels become folders), a folder of .mbox files, a Maildir++ tree, or an IMAP account (imaps://user@host[:port],
+    or imap:// for STARTTLS). Run it again after an interruption: what came in already is skipped. Exit status 2:
+    some messages were broken (each is named on standard error) and not imported."""
+    from homemail.transfer.importer import SourceError, import_mail, open_source
+
+    password = None
+    if source.startswith(("imap://", "imaps://")):
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = click.prompt(f"Password for {source}", hide_input=True, err=True)
+    src = open_source(source, folder=folder, password=password, insecure=insecure, cafile=cafile)
+
+    def broken(where: str, why: str) -> None:
+        click.echo(f"homemail: broken message skipped: {where}: {why}", err=True)
+
+    try:
+        await src.open()
+        if sys.stdout.isatty():
+            with click.progressbar(length=max(src.total(), 1), label=f"importing into {address}") as bar:
+                summary = await import_mail(store, address, src, batch_size, bar.update, broken)
+        else:
+            summary = await import_mail(store, address, src, batch_size, None, broken)
+    except SourceError as e:
+        fail(str(e))
+        return
+    except asyncio.CancelledError:
+        click.echo("interrupted: run the same command again to import the rest", err=True)
+        raise
+    finally:
+        await src.close()
+    click.echo(
+        f"imported {summary.imported} messages ({summary.copies} copies in {len(summary.folders)} folders), "
+        f"{summary.skipped} already there, {len(summary.broken)} broken"
+    )
+    if summary.broken:
+        sys.exit(2)
 
 
 # --- outbound queue ------------------------------------------------------------------------------------------

@@ -169,6 +169,17 @@ class CopyResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    """A message brought in by ``homemail import``: one message file, a copy in each of ``mailbox_ids``."""
+
+    data: bytes  # CRLF line endings
+    mailbox_ids: tuple[int, ...]
+    flags: frozenset[str] = frozenset()
+    internaldate: datetime | None = None
+    key: str = ""  # names the message within its source; "" records nothing
+
+
+@dataclass(frozen=True, slots=True)
 class QueueRecipient:
     """A recipient handed to the outbound queue, with its DSN parameters (RFC 3461 4.1, 4.2)."""
 
@@ -389,6 +400,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def remove_messages(self, account_id: int, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         """Remove the messages whatever their flags (POP3 DELE at QUIT). Returns the UIDs removed."""
+
+    # --- importing ---
+    @abc.abstractmethod
+    async def import_messages(
+        self, account_id: int, source: str, messages: Sequence[ImportedMessage]
+    ) -> list[list[tuple[int, int]] | None]:
+        """Store a batch of messages in one durable commit, and record each message's key under ``source`` in
+        that same commit: an import interrupted and run again copies nothing twice. A message whose key is
+        recorded already is skipped. Returns, per message, the (mailbox id, uid) of its copies, or None when
+        skipped. Raises Invalid (and stores nothing) when a message cannot be parsed or a mailbox is not the
+        account's."""
+
+    @abc.abstractmethod
+    async def imported_keys(self, account_id: int, source: str) -> set[str]:
+        """The keys recorded by :meth:`import_messages` for ``source``."""
 
     # --- the outbound queue ---
     # Rules: a queued message holds one reference to its blob until every recipient is sent or failed; a

@@ -182,6 +182,16 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX greylist_last_seen ON greylist (last_seen);
     """,
+    # 4 -> 5: what `homemail import` brought in, per account and source, so a rerun skips it. Keys are made by
+    # the importers (homemail.transfer): a content hash, a Maildir file name, an IMAP UIDVALIDITY and UID.
+    """
+    CREATE TABLE import_log (
+        account_id INTEGER NOT NULL REFERENCES account(id) ON DELETE CASCADE,
+        source TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (account_id, source, key)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

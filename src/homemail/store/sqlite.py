@@ -44,6 +44,7 @@ from homemail.store import (
     FlagOp,
     FlagUpdate,
     GreylistEntry,
+    ImportedMessage,
     Invalid,
     Listener,
     Mailbox,
@@ -877,6 +878,75 @@ class SQLiteStore(Store):
     async def remove_messages(self, account_id: int, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         return await self._write(_expunge_job, account_id, mailbox_id, list(uids), False)
 
+    # --- importing -----------------------------------------------------------------------------------------
+
+    async def import_messages(
+        self, account_id: int, source: str, messages: Sequence[ImportedMessage]
+    ) -> list[list[tuple[int, int]] | None]:
+        """The files are parsed and written (each fsync'd) by a few threads at once, then one write job stores
+        the whole batch: one commit, one fsync of incoming/, one WAL fsync for all of it."""
+        if self._writer is None:
+            raise StoreError("store not open")
+        if not messages:
+            return []
+        step = -(-len(messages) // IMPORT_THREADS)
+        parts = [messages[i : i + step] for i in range(0, len(messages), step)]
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self._write_files, part) for part in parts), return_exceptions=True
+        )
+        files: list[tuple[str, int, bytes, str]] = []
+        failure: BaseException | None = None
+        for r in results:
+            if isinstance(r, BaseException):
+                failure = failure or r
+            else:
+                files += r
+        if failure is not None:
+            for f in files:
+                self.blobs.discard_incoming(f[0])
+            if isinstance(failure, StoreError):
+                raise failure
+            raise Invalid(f"cannot store a message: {failure}") from failure
+        try:
+            placed = await self._write(_import_job, account_id, source, list(messages), files)
+        except Exception:
+            # Not committed. (A cancelled caller leaves the files alone: its job may still commit.)
+            for f in files:
+                self.blobs.discard_incoming(f[0])
+            raise
+        for f, where in zip(files, placed, strict=True):
+            if where is None:
+                self.blobs.discard_incoming(f[0])
+        return placed
+
+    def _write_files(self, messages: Sequence[ImportedMessage]) -> list[tuple[str, int, bytes, str]]:
+        """Parse and write message files to incoming/ (a worker thread): (blob id, size, parsed JSON, sha256).
+        On an error the files written so far are removed."""
+        from homemail.message import parse
+
+        out: list[tuple[str, int, bytes, str]] = []
+        try:
+            for m in messages:
+                parsed = parse(m.data).to_json()
+                sha = hashlib.sha256(m.data).hexdigest()
+                out.append((self.blobs.write_incoming(m.data), len(m.data), parsed, sha))
+        except BaseException:
+            for f in out:
+                self.blobs.discard_incoming(f[0])
+            raise
+        return out
+
+    async def imported_keys(self, account_id: int, source: str) -> set[str]:
+        def read(db: sqlite3.Connection) -> set[str]:
+            return {
+                r[0]
+                for r in db.execute(
+                    "SELECT key FROM import_log WHERE account_id = ? AND source = ?", (account_id, source)
+                )
+            }
+
+        return await self._read(read)
+
     # --- the outbound queue --------------------------------------------------------------------------------
 
     async def enqueue(
@@ -1383,6 +1453,86 @@ def _expunge_job(
         ).fetchall()
     _remove(db, ctx, mailbox_id, [(r[0], r[1]) for r in rows])
     return [r[0] for r in rows]
+
+
+IMPORT_THREADS = 4  # threads writing an import batch's files: their fsyncs overlap
+
+
+def _import_job(
+    db: sqlite3.Connection,
+    ctx: _JobContext,
+    account_id: int,
+    source: str,
+    messages: list[ImportedMessage],
+    files: list[tuple[str, int, bytes, str]],
+) -> list[list[tuple[int, int]] | None]:
+    mailbox_ids = {mid for m in messages for mid in m.mailbox_ids}
+    owned = {
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM mailbox WHERE account_id = ? AND id IN (SELECT value FROM json_each(?))",
+            (account_id, json.dumps(sorted(mailbox_ids))),
+        )
+    }
+    if owned != mailbox_ids:
+        raise NotFound("no such mailbox")
+    keys = [m.key for m in messages if m.key]
+    done = {
+        r[0]
+        for r in db.execute(
+            "SELECT key FROM import_log WHERE account_id = ? AND source = ?"
+            " AND key IN (SELECT value FROM json_each(?))",
+            (account_id, source, json.dumps(keys)),
+        )
+    }
+    # The copies each mailbox gets, in order: their UIDs are taken in one step per mailbox.
+    todo: list[tuple[ImportedMessage, tuple[str, int, bytes, str], tuple[int, ...]]] = []
+    per_mailbox: dict[int, int] = {}
+    for m, f in zip(messages, files, strict=True):
+        if m.key and m.key in done:
+            todo.append((m, f, ()))
+            continue
+        if m.key:
+            done.add(m.key)
+        targets = tuple(dict.fromkeys(m.mailbox_ids))
+        for mid in targets:
+            per_mailbox[mid] = per_mailbox.get(mid, 0) + 1
+        todo.append((m, f, targets))
+    next_uid: dict[int, tuple[int, int]] = {mid: _bump(db, mid, n) for mid, n in per_mailbox.items()}
+    now = datetime.now(UTC).astimezone()
+    created = int(time.time())
+    blob_rows = []
+    message_rows = []
+    log_rows = []
+    keywords: dict[int, set[str]] = {}
+    placed: list[list[tuple[int, int]] | None] = []
+    for m, (blob_id, size, parsed, sha), targets in todo:
+        if not targets:
+            placed.append(None)
+            continue
+        blob_rows.append((blob_id, size, sha, len(targets), parsed, created))
+        ctx.new_blobs.append(blob_id)
+        bits, kws = split_flags(m.flags)
+        when = m.internaldate or now
+        stamp, tz = int(when.timestamp()), _tz_minutes(when)
+        copies = []
+        for mid in targets:
+            uid, modseq = next_uid[mid]
+            next_uid[mid] = (uid + 1, modseq)
+            message_rows.append((mid, uid, blob_id, bits, " ".join(kws), stamp, tz, size, modseq))
+            if kws:
+                keywords.setdefault(mid, set()).update(kws)
+            copies.append((mid, uid))
+        if m.key:
+            log_rows.append((account_id, source, m.key))
+        placed.append(copies)
+    db.executemany("INSERT INTO blob VALUES (?, ?, ?, ?, ?, ?)", blob_rows)
+    db.executemany("INSERT INTO message VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", message_rows)
+    db.executemany("INSERT INTO import_log VALUES (?, ?, ?)", log_rows)
+    for mid, kw in keywords.items():
+        _add_keywords(db, mid, sorted(kw))
+    ctx.touched |= set(per_mailbox)
+    return placed
 
 
 def _drop_mailbox_messages(db: sqlite3.Connection, ctx: _JobContext, mailbox_id: int) -> None:
