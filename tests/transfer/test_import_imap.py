@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import imaplib
 import re
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -15,6 +17,7 @@ from dovecot_server import DOVECOT, DovecotServer
 from transfer_helpers import Home
 
 from harness import require_peer
+from homemail.transfer.imapsource import IMAPSource, _list_entries
 
 PASSWORD = "s3cret pass"
 
@@ -162,3 +165,74 @@ def test_login_and_certificate_failures_are_one_line_errors(home: Home, dovecot:
     r = home.cli("import", user, "imaps://127.0.0.1", "--password-stdin", input="x\n", check=False)
     assert r.returncode == 1 and "imaps://user@host" in r.stderr
     assert home.state(user)["INBOX"] == []
+
+
+# --- without a server ---------------------------------------------------------------------------------------
+
+
+def test_no_starttls_no_login(home: Home) -> None:
+    """A server that offers no STARTTLS never sees the password: imap:// requires it."""
+    seen: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"* OK IMAP4rev1 ready\r\n")
+            f = conn.makefile("rb")
+            while line := f.readline():
+                seen.append(line)
+                tag = line.split(b" ")[0]
+                if b"CAPABILITY" in line.upper():
+                    conn.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n")
+                else:
+                    conn.sendall(tag + b" OK done\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    user = home.new_account()
+    r = home.cli(
+        "import", user, f"imap://alice@127.0.0.1:{port}", "--password-stdin", input="secret\n", check=False
+    )
+    listener.close()
+    assert r.returncode == 1 and "offers no STARTTLS" in r.stderr
+    assert not any(b"secret" in line or b"LOGIN" in line.upper() for line in seen), seen
+
+
+def test_fetch_responses_in_any_order() -> None:
+    """UID may come before or after the literal (RFC 3501 7.4.2 leaves the order to the server); a message the
+    server sent nothing for is missing, not an error."""
+
+    class Conn:
+        def uid(self, *args: str) -> tuple[str, list[object]]:
+            assert args == ("FETCH", "4:6,9", "(UID BODY.PEEK[])")
+            return "OK", [
+                (b"1 (UID 4 BODY[] {7}", b"A: b\r\n\r\n"),
+                b")",
+                (b"2 (BODY[] {9}", b"C: d\n\nx\n"),
+                b" UID 5)",
+                (b"4 (FLAGS (\\Seen) UID 9 BODY[] {0}", b""),
+                b")",
+            ]
+
+    source = IMAPSource("imaps://alice@example.org", "pw")
+    source.conn = Conn()  # type: ignore[assignment]
+    assert source._bodies([4, 5, 6, 9]) == {4: b"A: b\r\n\r\n", 5: b"C: d\r\n\r\nx\r\n", 9: b""}
+
+
+def test_list_parsing() -> None:
+    data = [
+        b'(\\HasNoChildren \\Sent) "/" "Sent Messages"',
+        b'(\\Noselect \\HasChildren) "." INBOX',
+        (b'(\\HasNoChildren) "." {11}', b'INBOX.a "b"'),
+        b"(\\HasNoChildren) NIL Flat",
+        b'(\\HasNoChildren) "\\\\" "back\\\\slash"',
+    ]
+    assert _list_entries(data) == [
+        (b"Sent Messages", "/", {"\\hasnochildren", "\\sent"}),
+        (b"INBOX", ".", {"\\noselect", "\\haschildren"}),
+        (b'INBOX.a "b"', ".", {"\\hasnochildren"}),
+        (b"Flat", None, {"\\hasnochildren"}),
+        (b"back\\slash", "\\", {"\\hasnochildren"}),
+    ]

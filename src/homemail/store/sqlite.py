@@ -906,6 +906,8 @@ class SQLiteStore(Store):
                 self.blobs.discard_incoming(f[0])
             if isinstance(failure, StoreError):
                 raise failure
+            if isinstance(failure, OSError):  # the disk, not a message: the import cannot go on
+                raise StoreError(f"cannot write message files: {failure}") from failure
             raise Invalid(f"cannot store a message: {failure}") from failure
         try:
             placed = await self._write(_import_job, account_id, source, list(messages), files)
