@@ -13,8 +13,9 @@ import pytest
 from auth_helpers import RSA_512, ed25519_key, resolver_for, rsa_key, sign, sign_tags, txt
 
 from dnsserver import KnotServer
+from homemail.config import Config
+from homemail.mailauth import checks, dkimverify
 from homemail.mailauth import dkim as homemail_dkim
-from homemail.mailauth import dkimverify
 from homemail.mailauth.dkimverify import DKIMResult
 
 MESSAGE = (
@@ -228,3 +229,31 @@ def test_header_b_is_unique_prefix() -> None:
     c = DKIMResult("pass", b="zzzzzzzzzzzz")
     assert dkimverify.header_b(a, [a, b, c]) == "ABCDEFGHIJKL"
     assert dkimverify.header_b(c, [a, b, c]) == "zzzzzzzz"
+
+
+MALFORMED = [
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=\xff\xfe; s=rsa; h=from; bh=AAAA; b=AAAA\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=" + b"x" * 64 + b".test; s=rsa; h=from; bh=AAAA; b=AAAA\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=signer.test; s=rsa; h=from; bh=AAAA; b=AAAA; l=99999999999999999999\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; c=bogus; d=signer.test; s=rsa; h=from; bh=AAAA; b=AAAA\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=signer.test; s=rsa; h=from; bh=!!; b=!!\r\n",
+    b"DKIM-Signature: ;;;===\r\n",
+    # an ARC set dkimpy cannot even index ("i=1 ;"), one without its other fields, absurd instance numbers
+    b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=signer.test; s=rsa; b=AAAA\r\n"
+    b"ARC-Message-Signature: i=1 ; a=rsa-sha256; d=signer.test; s=rsa; h=from; bh=AAAA; b=AAAA\r\n"
+    b"ARC-Authentication-Results: i=1; signer.test; none\r\n",
+    b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=signer.test; s=rsa; b=AAAA\r\n",
+    b"ARC-Seal: i=99999999999999999999999; d=x\r\n",
+    b"From: someone@" + b"y" * 70 + b".test\r\n",
+]
+
+
+@pytest.mark.parametrize("fields", MALFORMED)
+def test_malformed_fields_are_results_not_crashes(knot: KnotServer, fields: bytes) -> None:
+    context = checks.Context(peer_ip="192.0.2.1", sender="a@signer.test")
+    verdict = asyncio.run(
+        checks.assess(fields + MESSAGE, context, Config(hostname="mx.test"), resolver_for(knot.nameserver))
+    )
+    # never a DNS question about a name DNS cannot hold (that would be a temporary error: 451 for ever)
+    assert verdict.refusal is None, verdict.refusal
+    assert "pass" not in verdict.summary.replace("dmarc=none", "")

@@ -28,7 +28,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from homemail.dns import Resolver, TemporaryError
 from homemail.mailauth import results
-from homemail.mailauth.dkimverify import INLINE_LIMIT, MIN_RSA_BITS, fetch_keys
+from homemail.mailauth.dkimverify import INLINE_LIMIT, MIN_RSA_BITS, dns_name_ok, fetch_keys
 from homemail.mailauth.dmarc import aligned
 
 MAX_INSTANCES = 50  # RFC 8617 4.2.1
@@ -80,7 +80,9 @@ def _key_names(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         except InvalidTagValueList:
             continue
         if b"s" in tags and b"d" in tags:
-            names.append(tags[b"s"] + b"._domainkey." + tags[b"d"].rstrip(b".") + b".")
+            name = tags[b"s"] + b"._domainkey." + tags[b"d"].rstrip(b".") + b"."
+            if dns_name_ok(name):
+                names.append(name)
     return names
 
 
@@ -108,6 +110,10 @@ def _validate(message: bytes, keys: dict[bytes, bytes | TemporaryError | None]) 
         cv, _, reason = verifier.verify(dnsfunc=lambda name, timeout=5: keys.get(name))
     except dkim.DKIMException as e:
         return "fail", str(e)
+    except (
+        Exception
+    ) as e:  # dkimpy trips over some malformed sets (IndexError, ...): a broken chain all the same
+        return "fail", f"malformed ARC set ({type(e).__name__})"
     if cv == dkim.CV_Pass:
         return "pass", ""
     return "fail", str(reason)

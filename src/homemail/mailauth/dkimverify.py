@@ -42,6 +42,15 @@ ACCEPTED_ALGORITHMS = {b"rsa-sha256": b"rsa", b"ed25519-sha256": b"ed25519"}
 # Messages up to this size are verified on the event loop; bigger ones in a worker thread.
 INLINE_LIMIT = 256 * 1024
 
+_LABELS = re.compile(rb"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def dns_name_ok(name: bytes | str) -> bool:
+    """Whether ``name`` can be asked about at all: LDH (and _) labels of 1-63 octets, 253 in all."""
+    raw = name.encode("ascii", "replace") if isinstance(name, str) else name
+    return len(raw.rstrip(b".")) <= 253 and _LABELS.fullmatch(raw) is not None
+
+
 _quiet = logging.getLogger("homemail.dkimpy")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
@@ -92,11 +101,11 @@ def _check_signature(tags: dict[bytes, bytes], now: float) -> None:
         raise _Invalid("permerror", "rsa-sha1 is not accepted (RFC 8301)")
     if algorithm not in ACCEPTED_ALGORITHMS:
         raise _Invalid("permerror", f"unknown algorithm {algorithm.decode('ascii', 'replace')}")
-    domain = tags[b"d"].lower()
-    if not re.fullmatch(rb"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?", domain):
-        raise _Invalid("permerror", "d= is not a domain name")
     if not re.fullmatch(rb"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", tags[b"s"]):
         raise _Invalid("permerror", "s= is not a selector")
+    domain = tags[b"d"].lower()
+    if not dns_name_ok(domain) or not dns_name_ok(key_name(tags)):
+        raise _Invalid("permerror", "d= is not a domain name")
     identity = tags.get(b"i")
     if identity is not None:
         i_domain = identity.rpartition(b"@")[2].lower().rstrip(b".")
@@ -267,7 +276,7 @@ def key_names(verifier: dkim.DKIM) -> list[bytes]:
             tags = parse_tag_value(value)
         except InvalidTagValueList:
             continue
-        if b"s" in tags and b"d" in tags:
+        if b"s" in tags and b"d" in tags and dns_name_ok(key_name(tags)):
             names.append(key_name(tags))
     return names
 
@@ -290,7 +299,10 @@ def verify_with_keys(
                 body_length = lengths[c]
         except (InvalidTagValueList, InvalidCanonicalizationPolicyError):
             pass
-        out.append(_verify_one(verifier, index, value, keys, body_length, now))
+        try:
+            out.append(_verify_one(verifier, index, value, keys, body_length, now))
+        except Exception as e:  # dkimpy on input it did not expect: a signature nobody can verify
+            out.append(DKIMResult("permerror", reason=f"unverifiable signature ({type(e).__name__})"))
     return out
 
 

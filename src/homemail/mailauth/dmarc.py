@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from homemail.dns import NotFound, Resolver, TemporaryError
-from homemail.mailauth.dkimverify import DKIMResult
+from homemail.mailauth.dkimverify import DKIMResult, dns_name_ok
 
 if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList
@@ -238,6 +238,8 @@ def author_domains(from_values: Sequence[str]) -> list[str]:
         try:
             domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
         except UnicodeError:
+            continue
+        if not dns_name_ok("_dmarc." + domain):  # nothing DNS could be asked about: no author domain
             continue
         if domain not in out:
             out.append(domain)
