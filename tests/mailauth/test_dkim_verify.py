@@ -223,6 +223,14 @@ def test_signature_count_is_limited(knot: KnotServer) -> None:
     assert len(results) == dkimverify.MAX_SIGNATURES and all(r.result == "pass" for r in results)
 
 
+def test_big_message_verified_in_a_thread(knot: KnotServer) -> None:
+    big = MESSAGE + b"".join(b"line %d of a long body\r\n" % i for i in range(20000))
+    assert len(big) > dkimverify.INLINE_LIMIT
+    signed = sign(big, "ed", "signer.test", KEYS["ed"])
+    assert only(knot, signed).result == "pass"
+    assert only(knot, signed + b"more\r\n").result == "fail"
+
+
 def test_header_b_is_unique_prefix() -> None:
     a = DKIMResult("pass", b="ABCDEFGHIJKLmnop")
     b = DKIMResult("pass", b="ABCDEFGHxyz12345")

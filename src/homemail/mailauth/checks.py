@@ -191,7 +191,7 @@ async def _authenticate(
     arc_result = arc.ARCResult("none")
     if b"dkim-signature" in names or names.intersection(arc.ARC_FIELDS):
         dkim_results, found, arc_result = await asyncio.gather(
-            dkimverify.verify_parsed(dkimverify.parse(message), len(message), resolver),
+            dkimverify.verify(message, resolver, fields=fields),
             asyncio.gather(*(dmarc.discover(resolver, d) for d in domains)),
             arc.verify(message, fields, resolver),
         )

@@ -34,6 +34,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from homemail.dns import NotFound, Resolver, TemporaryError
+from homemail.mailauth import results
 
 MAX_SIGNATURES = 8
 MIN_RSA_BITS = 1024  # RFC 8301 3.2
@@ -264,14 +265,10 @@ def parse(message: bytes) -> dkim.DKIM:
     return dkim.DKIM(message, logger=_quiet, minkey=MIN_RSA_BITS)
 
 
-def _signatures(verifier: dkim.DKIM) -> list[bytes]:
-    return [bytes(v) for n, v in verifier.headers if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]
-
-
-def key_names(verifier: dkim.DKIM) -> list[bytes]:
-    """The key names the message's signatures need (those that parse)."""
+def key_names(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """The key names the message's signatures need (those that parse); ``fields`` are its header fields."""
     names = []
-    for value in _signatures(verifier):
+    for value in [v for n, v in fields if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]:
         try:
             tags = parse_tag_value(value)
         except InvalidTagValueList:
@@ -288,7 +285,8 @@ def verify_with_keys(
     now = time.time() if now is None else now
     out = []
     lengths: dict[bytes, int] = {}
-    for index, value in enumerate(_signatures(verifier)):
+    values = [bytes(v) for n, v in verifier.headers if n.lower() == b"dkim-signature"][:MAX_SIGNATURES]
+    for index, value in enumerate(values):
         body_length = 0
         try:
             tags = parse_tag_value(value)
@@ -306,21 +304,25 @@ def verify_with_keys(
     return out
 
 
-async def verify_parsed(
-    verifier: dkim.DKIM, size: int, resolver: Resolver, now: float | None = None
+async def verify(
+    message: bytes,
+    resolver: Resolver,
+    now: float | None = None,
+    fields: Sequence[tuple[bytes, bytes]] | None = None,
 ) -> list[DKIMResult]:
-    """:func:`verify` for a message already split by :func:`parse`; ``size`` is its length in octets."""
-    if not any(n.lower() == b"dkim-signature" for n, _ in verifier.headers):
+    """Every DKIM signature of ``message`` (CRLF line endings), top first; [] when it has none. ``fields``: its
+    header fields as :func:`homemail.mailauth.results.fields` gives them, when the caller has them already.
+
+    The key records are fetched on the event loop; dkimpy's parsing and hashing run there too for a small
+    message, in a worker thread for a big one."""
+    if fields is None:
+        fields = results.fields(message)
+    if not any(n.lower() == b"dkim-signature" for n, _ in fields):
         return []
-    keys = await fetch_keys(resolver, key_names(verifier))
-    if size <= INLINE_LIMIT:
-        return verify_with_keys(verifier, keys, now)
-    return await asyncio.to_thread(verify_with_keys, verifier, keys, now)
-
-
-async def verify(message: bytes, resolver: Resolver, now: float | None = None) -> list[DKIMResult]:
-    """Every DKIM signature of ``message`` (CRLF line endings), top first; [] when it has none."""
-    return await verify_parsed(parse(message), len(message), resolver, now)
+    keys = await fetch_keys(resolver, key_names(fields))
+    if len(message) <= INLINE_LIMIT:
+        return verify_with_keys(parse(message), keys, now)
+    return await asyncio.to_thread(lambda: verify_with_keys(parse(message), keys, now))
 
 
 def header_b(result: DKIMResult, others: Sequence[DKIMResult]) -> str:
