@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from transfer_helpers import Home, message_ids
 
+from harness import require_peer
+
 USER_LABELS = [
     "Work",
     "Work/Projects",
@@ -200,6 +202,7 @@ def test_broken_messages_are_reported_and_skipped(home: Home, tmp_path: Path) ->
 
 
 def test_progress_bar_on_a_terminal(home: Home, tmp_path: Path) -> None:
+    require_peer("script")  # util-linux: runs the command under a pseudo-terminal
     mbox = tmp_path / "p.mbox"
     takeout(mbox, 50)
     user = home.new_account()
