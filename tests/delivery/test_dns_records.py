@@ -1,7 +1,7 @@
 """``homemail dns DOMAIN``: the records it prints are valid zone syntax, resolve as printed, and are enough for
 another mail server to accept our mail.
 
-Two homemails, R (127.0.0.70, domain r.test) and S (127.0.0.71, domain s.test), each print their records with
+Two homemails, R (NET.70, domain r.test) and S (NET.71, domain s.test), each print their records with
 ``homemail dns --zone``; knot serves exactly those two snippets. Then every printed record is asked of knot, and
 S sends to R: through R's MX and A records, with R's MTA-STS policy in enforce mode (the ``_mta-sts`` id and the
 policy R's https listener serves, fetched over HTTPS from ``mta-sts.r.test``), and R finds SPF, DKIM and DMARC
@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_helpers import Homemail, marker, received_fields, start_all, submit, wait_for
+from delivery_helpers import Homemail, loopback_block, marker, received_fields, start_all, submit, wait_for
 
 from dnsserver import KnotServer
 
-R_IP, S_IP = "127.0.0.70", "127.0.0.71"
+NET = loopback_block()
+R_IP, S_IP = NET + "70", NET + "71"
 R_DOMAIN, S_DOMAIN = "r.test", "s.test"
 USER, SENDER = f"user@{R_DOMAIN}", f"alice@{S_DOMAIN}"
 
