@@ -3,10 +3,14 @@
 Implementation notes:
 - One writer thread owns the only writing connection. Write jobs queue up; the writer takes every job waiting,
   runs each in its own SAVEPOINT inside one transaction and commits once (group commit), so N deliveries that
-  arrive together cost one WAL fsync. A job that fails rolls back alone.
-- Message files are written and fsync'd by the caller's worker thread before the job is queued; the writer fsyncs
-  the incoming/ directory once per batch before COMMIT, and moves the files into place after it (blobs.py).
-- Reads run in a small pool of threads, each with its own connection; WAL gives each read a consistent snapshot.
+  arrive together cost one WAL fsync. A job that fails rolls back alone (a job alone needs no SAVEPOINT).
+- A new message is parsed and its file written and fsync'd by one of a few file threads, which then queues the
+  write job itself: the event loop hands the message over once and wakes once, at the commit. The writer fsyncs
+  the incoming/ directory once per batch before COMMIT when a file there is new (files written into spare files,
+  whose names are durable already, need none), moves the files into place after it (blobs.py), and removes the
+  file of a job that did not commit.
+- Reads run in a few reader threads, each with its own connection, fed from one queue and answering through
+  call_soon_threadsafe (no executor futures); WAL gives each read a consistent snapshot.
 - After a commit, listeners of the touched mailboxes are called on the event loop. Another process writing the
   same database (the CLI importing mail) is noticed by polling a change counter once a second.
 """
@@ -14,7 +18,6 @@ Implementation notes:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -79,6 +82,7 @@ BIT_FLAGS: tuple[tuple[int, str], ...] = (
 )
 SEEN, DELETED = 1, 8
 MAX_BATCH = 500
+FILE_THREADS = 4  # threads parsing and writing new message files (fsyncs in parallel share journal commits)
 MAX_ALIAS_DEPTH = 10
 
 
@@ -143,6 +147,7 @@ class _Job:
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    blob_id: str | None = None  # the job's new message file: removed by the writer if not committed
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -152,6 +157,16 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_exception(exc)
     else:
         fut.set_result(result)
+
+
+def _reply(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any, exc: BaseException | None
+) -> None:
+    """Settle ``fut`` from a store thread; nothing to do when its loop is gone."""
+    try:
+        loop.call_soon_threadsafe(_settle, fut, result, exc)
+    except RuntimeError:  # the loop was closed
+        pass
 
 
 def _connect(path: Path, fsync: bool) -> sqlite3.Connection:
@@ -170,10 +185,13 @@ class SQLiteStore(Store):
         self.fsync = fsync
         self.db_path = self.data_dir / "homemail.db"
         self._reader_count = readers
-        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
-        self._reader_local = threading.local()
+        self._readers: list[threading.Thread] = []
+        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._reader_conns: list[sqlite3.Connection] = []
+        self._filers: list[threading.Thread] = []
+        self._files: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closing = False
         self._writer: threading.Thread | None = None
         self._writer_db: sqlite3.Connection | None = None
         self._watchers: dict[int, set[Listener]] = {}
@@ -185,6 +203,7 @@ class SQLiteStore(Store):
     # --- life cycle -------------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._closing = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobFiles(self.data_dir, fsync=self.fsync)
         # Recovery only when no other process has the store open: a running server's incoming/ holds the
@@ -206,11 +225,18 @@ class SQLiteStore(Store):
             self.blobs.unlock()
             raise
         self._writer_db = db
-        self._readers = concurrent.futures.ThreadPoolExecutor(
-            self._reader_count, thread_name_prefix="store-read", initializer=self._init_reader
-        )
+        for i in range(self._reader_count):
+            conn = _connect(self.db_path, self.fsync)
+            conn.execute("PRAGMA query_only=1")
+            self._reader_conns.append(conn)
+            self._readers.append(
+                threading.Thread(target=self._reader_loop, args=(conn,), name=f"store-read-{i}", daemon=True)
+            )
+        for i in range(FILE_THREADS):
+            self._filers.append(threading.Thread(target=self._file_loop, name=f"store-file-{i}", daemon=True))
         self._writer = threading.Thread(target=self._writer_loop, name="store-write", daemon=True)
-        self._writer.start()
+        for t in (*self._readers, *self._filers, self._writer):
+            t.start()
 
     def _recover(self, db: sqlite3.Connection) -> None:
         def committed(names: list[str]) -> set[str]:
@@ -232,16 +258,30 @@ class SQLiteStore(Store):
             )
 
     async def close(self) -> None:
+        self._closing = True  # no new jobs from here on
         if self._poller:
             self._poller.cancel()
             self._poller = None
-        if self._writer:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        if self._readers:
-            self._readers.shutdown(wait=True)
-            self._readers = None
+        # Files first: their threads hand jobs to the writer, which runs everything queued before it stops.
+        threads = [(self._files, self._filers), (self._jobs, [self._writer] if self._writer else [])]
+        threads.append((self._reads, self._readers))
+        for jobs, workers in threads:
+            for _ in workers:
+                jobs.put(None)
+            for t in workers:
+                await asyncio.to_thread(t.join)
+            while True:  # whatever came after the last thread stopped
+                try:
+                    left = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if left is not None:
+                    _settle(left.future, None, StoreError("store closed"))
+        self._filers = []
+        self._writer = None
+        self._readers = []
+        if hasattr(self, "blobs"):
+            self.blobs.stop_spares()
         for conn in self._reader_conns:
             conn.close()
         self._reader_conns.clear()
@@ -253,27 +293,35 @@ class SQLiteStore(Store):
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
-    def _init_reader(self) -> None:
-        conn = _connect(self.db_path, self.fsync)
-        conn.execute("PRAGMA query_only=1")
-        self._reader_local.db = conn
-        self._reader_conns.append(conn)
-
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._readers is not None, "store not open"
+        if not self._readers or self._closing:
+            raise StoreError("store not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._reads.put(_Job(fn, args, fut, loop))
+        return await fut
 
-        def run() -> T:
-            db: sqlite3.Connection = self._reader_local.db
-            db.execute("BEGIN")
+    def _reader_loop(self, db: sqlite3.Connection) -> None:
+        """One reader thread: each read in its own transaction, so it sees one snapshot."""
+        while True:
+            job = self._reads.get()
+            if job is None:
+                return
+            if job.future.done():  # the caller went away
+                continue
             try:
-                return fn(db, *args)
-            finally:
-                db.execute("COMMIT")
-
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+                db.execute("BEGIN")
+                try:
+                    result = job.fn(db, *job.args)
+                finally:
+                    db.execute("COMMIT")
+            except BaseException as e:
+                _reply(job.loop, job.future, None, e)
+            else:
+                _reply(job.loop, job.future, result, None)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._writer is None:
+        if self._writer is None or self._closing:
             raise StoreError("store not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
@@ -305,31 +353,46 @@ class SQLiteStore(Store):
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         ctx = _JobContext()
+        # A job alone needs no SAVEPOINT: when it fails, the whole transaction is its own to roll back.
+        alone = len(batch) == 1
+        pending_trash = self._pending_trash
         try:
             db.execute("BEGIN IMMEDIATE")
-            if self._pending_trash:
+            if pending_trash:
                 db.execute(
                     "DELETE FROM blob_trash WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(self._pending_trash),),
+                    (json.dumps(pending_trash),),
                 )
                 self._pending_trash = []
             for job in batch:
                 job_ctx = _JobContext()
-                db.execute("SAVEPOINT job")
+                if not alone:
+                    db.execute("SAVEPOINT job")
                 try:
                     result = job.fn(db, job_ctx, *job.args)
                 except BaseException as e:  # the job's own error goes back to its caller
-                    db.execute("ROLLBACK TO job")
-                    db.execute("RELEASE job")
+                    if alone:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        self._pending_trash = pending_trash
+                    else:
+                        db.execute("ROLLBACK TO job")
+                        db.execute("RELEASE job")
+                    if job.blob_id is not None:
+                        self.blobs.discard_incoming(job.blob_id)
+                    if alone:
+                        _reply(job.loop, job.future, None, e)
+                        return
                     results.append((job, None, e))
                     continue
-                db.execute("RELEASE job")
+                if not alone:
+                    db.execute("RELEASE job")
                 results.append((job, result, None))
                 ctx.new_blobs += job_ctx.new_blobs
                 ctx.trash += job_ctx.trash
                 ctx.touched |= job_ctx.touched
             db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'change_seq'")
-            if ctx.new_blobs:
+            if any(not self.blobs.name_durable(b) for b in ctx.new_blobs):
                 self.blobs.sync_incoming_dir()
             db.execute("COMMIT")
             self._own_commits += 1
@@ -339,7 +402,9 @@ class SQLiteStore(Store):
                 db.execute("ROLLBACK")
             error = StoreError(f"database write failed: {e}")
             for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+                if job.blob_id is not None:
+                    self.blobs.discard_incoming(job.blob_id)
+                _reply(job.loop, job.future, None, error)
             return
         self.blobs.publish(ctx.new_blobs)
         if ctx.trash:
@@ -349,7 +414,10 @@ class SQLiteStore(Store):
         for r in results:
             loops.setdefault(r[0].loop, []).append(r)
         for loop, items in loops.items():
-            loop.call_soon_threadsafe(self._after_commit, items, ctx.touched)
+            try:
+                loop.call_soon_threadsafe(self._after_commit, items, ctx.touched)
+            except RuntimeError:  # the loop was closed
+                pass
 
     def _after_commit(self, items: list[tuple[_Job, Any, BaseException | None]], touched: set[int]) -> None:
         self._notify(touched)
@@ -729,22 +797,38 @@ class SQLiteStore(Store):
 
     # --- messages ----------------------------------------------------------------------------------------
 
-    def _prepare_blob(self, data: bytes) -> tuple[str, bytes, str]:
-        """Parse once and write the file (worker thread): returns (blob id, parsed JSON, sha256)."""
+    async def _store_new(self, data: bytes, job: Callable[..., T], *args: Any) -> T:
+        """Parse and write the file in a file thread, which hands the write job straight to the writer: the
+        event loop wakes once per message, when it is committed."""
+        if self._writer is None or self._closing:
+            raise StoreError("store not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._files.put(_Job(job, (data, *args), fut, loop))
+        return await fut
+
+    def _file_loop(self) -> None:
+        """One file thread: parse once, write the file with fsync (blobs.py: a spare file or a new one in
+        incoming/), queue the write job."""
         from homemail.message import parse
 
-        parsed = parse(data).to_json()
-        sha = hashlib.sha256(data).hexdigest()
-        blob_id = self.blobs.write_incoming(data)
-        return blob_id, parsed, sha
-
-    async def _store_new(self, data: bytes, job: Callable[..., T], *args: Any) -> T:
-        blob_id, parsed, sha = await asyncio.to_thread(self._prepare_blob, data)
-        try:
-            return await self._write(job, blob_id, len(data), parsed, sha, *args)
-        except BaseException:
-            self.blobs.discard_incoming(blob_id)
-            raise
+        while True:
+            job = self._files.get()
+            if job is None:
+                return
+            if job.future.done():  # the caller went away before anything was written
+                continue
+            data, *args = job.args
+            try:
+                parsed = parse(data).to_json()
+                sha = hashlib.sha256(data).hexdigest()
+                blob_id = self.blobs.write_new(data)
+            except BaseException as e:
+                _reply(job.loop, job.future, None, e)
+                continue
+            self._jobs.put(
+                _Job(job.fn, (blob_id, len(data), parsed, sha, *args), job.future, job.loop, blob_id)
+            )
 
     async def deliver(
         self, data: bytes, targets: Sequence[DeliveryTarget], internaldate: datetime | None = None
@@ -1202,7 +1286,9 @@ def _bump(db: sqlite3.Connection, mailbox_id: int, new_uids: int = 0) -> tuple[i
 
 
 def _add_keywords(db: sqlite3.Connection, mailbox_id: int, keywords: Iterable[str]) -> None:
-    db.executemany("INSERT OR IGNORE INTO keyword VALUES (?, ?)", [(mailbox_id, k) for k in keywords])
+    rows = [(mailbox_id, k) for k in keywords]
+    if rows:
+        db.executemany("INSERT OR IGNORE INTO keyword VALUES (?, ?)", rows)
 
 
 def _insert_blob(
@@ -1241,6 +1327,17 @@ def _insert_message(
     )
 
 
+def _target_mailbox(db: sqlite3.Connection, account_id: int, name: str) -> int | None:
+    """The id of a delivery target's mailbox; the usual one, INBOX, in one short query."""
+    if name == "INBOX":
+        row = db.execute(
+            "SELECT id FROM mailbox WHERE account_id = ? AND name = 'INBOX'", (account_id,)
+        ).fetchone()
+        return int(row[0]) if row else None
+    mailbox = _get_mailbox(db, account_id, name)
+    return mailbox.id if mailbox else None
+
+
 def _deliver_job(
     db: sqlite3.Connection,
     ctx: _JobContext,
@@ -1255,12 +1352,14 @@ def _deliver_job(
     seen: set[int] = set()
     resolved: list[tuple[int, DeliveryTarget]] = []
     for t in targets:
-        mailbox = _get_mailbox(db, t.account_id, t.mailbox) or _get_mailbox(db, t.account_id, "INBOX")
-        if mailbox is None:
+        mailbox_id = _target_mailbox(db, t.account_id, t.mailbox) or _target_mailbox(
+            db, t.account_id, "INBOX"
+        )
+        if mailbox_id is None:
             raise NotFound(f"no account with id {t.account_id}")
-        if mailbox.id not in seen:
-            seen.add(mailbox.id)
-            resolved.append((mailbox.id, t))
+        if mailbox_id not in seen:
+            seen.add(mailbox_id)
+            resolved.append((mailbox_id, t))
     _insert_blob(db, ctx, blob_id, size, parsed, sha, len(resolved))
     for mailbox_id, t in resolved:
         bits, keywords = split_flags(t.flags)
