@@ -359,11 +359,8 @@ def test_trusted_list_overrides_dmarc_reject(mx: ServerProcess) -> None:
     assert results_of(ar, "dmarc") == [("fail", {"header.from": "reject.test"})]
     assert results_of(ar, "arc") == [("pass", {"header.as-d": "lists.test", "smtp.remote-ip": "127.0.0.1"})]
     text = stored.decode()
-    assert (
-        "overridden" in text
-        and "lists.test" in text
-        and "arc=pass (i=1 d=lists.test cv=none) header.as-d=lists.test" in text
-    )
+    assert "dis=none; overridden: arc=pass by trusted sealer lists.test (trusted_forwarder)" in text
+    assert "arc=pass (i=1 d=lists.test cv=none) header.as-d=lists.test" in text
 
 
 def test_untrusted_list_does_not_override(mx: ServerProcess) -> None:

@@ -25,6 +25,7 @@ Order and rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import re
@@ -124,7 +125,8 @@ def _entries(
             out.append(Entry("dmarc", "none", "no author domain in From:"))
         for r in outcome.results:
             comment = r.comment
-            if r.from_domain in overridden:
+            if r.from_domain in overridden:  # delivered: the disposition applied is none
+                comment = dataclasses.replace(r, disposition="none").comment
                 comment += f"; overridden: arc=pass by trusted sealer {overridden[r.from_domain]} (trusted_forwarder)"
             if r.result == "temperror" and r.record is not None:
                 comment += f"; {r.reason}"
