@@ -511,6 +511,104 @@ async def dns_cmd(store: Store, domain: str, as_json: bool, zone_only: bool) -> 
         click.echo(records.zone_text(found), nl=False)
 
 
+# --- deliverability ----------------------------------------------------------------------------------------
+
+
+@main.command("doctor")
+@click.argument("domain", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor_cmd(domain: str | None, as_json: bool) -> None:
+    """Check why mail from this server would be junked or refused (public address, reverse DNS, blocklists, port
+    25, DNS records, certificate, open relay), and print the plan: deliver directly or through a relay. Every
+    local domain unless DOMAIN is given. Exit status 1 when a check failed."""
+    sys.exit(1 if _doctor(domain, as_json) else 0)
+
+
+@with_store
+async def _doctor(store: Store, domain: str | None, as_json: bool) -> bool:
+    import json
+
+    from homemail.doctor import checks
+
+    report = await checks.run(get_config(click.get_current_context()), store, domain)
+    if as_json:
+        click.echo(json.dumps(checks.as_json(report), indent=2))
+    else:
+        click.echo(checks.text(report), nl=False)
+    return report.failed
+
+
+@main.group("dyndns")
+def dyndns_group() -> None:
+    """Dynamic IP: keep the host name's A/AAAA and the SPF records on the current public address ([dyndns])."""
+
+
+@dyndns_group.command("update")
+@click.option("--dry-run", is_flag=True, help="say what would change, change nothing")
+@with_store
+async def dyndns_update(store: Store, dry_run: bool) -> None:
+    """Look up the public address once and update DNS (and tell the postmaster) when it changed."""
+    import ssl
+
+    from homemail.auth import Authenticator
+    from homemail.doctor import dyndns
+    from homemail.server import Services
+
+    cfg = get_config(click.get_current_context())
+    try:
+        change = await dyndns.update_once(cfg, store, dry_run=dry_run)
+    except dyndns.DynDNSError as e:
+        fail(str(e))
+        return
+    for rtype, address in change.new.items():
+        click.echo(
+            f"{change.hostname} {rtype}: {', '.join(change.old.get(rtype, [])) or '(none)'} now {address}"
+        )
+    if not change.changed:
+        click.echo("DNS is up to date")
+        return
+    for line in change.updates:
+        click.echo(("would update: " if dry_run else "updated: ") + line)
+    if change.applied:
+        services = Services(cfg, store, Authenticator(store, cfg.auth), ssl.create_default_context())
+        to = await dyndns.tell_postmaster(services, change)
+        click.echo(f"notice sent to {to}" if to else "no local postmaster mailbox: no notice sent")
+
+
+@main.group("warmup")
+def warmup_group() -> None:
+    """IP warm-up: daily caps per big provider that grow while they accept our mail ([warmup])."""
+
+
+@warmup_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_store
+async def warmup_status(store: Store, as_json: bool) -> None:
+    """Each provider's cap today, what was used of it, and its health."""
+    import dataclasses
+    import json
+
+    from homemail.delivery.warmup import Warmup
+
+    cfg = get_config(click.get_current_context())
+    rows = await Warmup(cfg, store).status()
+    if as_json:
+        click.echo(
+            json.dumps({"enabled": cfg.warmup.enabled, "providers": [dataclasses.asdict(r) for r in rows]})
+        )
+        return
+    if not cfg.warmup.enabled:
+        click.echo("warm-up is off ([warmup] enabled = false): no caps apply")
+    click.echo(
+        f"{'PROVIDER':<12} {'DAY':<10}  {'CAP':>6} {'USED':>5} {'SENT':>5} {'DEFER':>5} {'FAIL':>5}  HEALTH"
+    )
+    for r in rows:
+        cap = "-" if r.cap is None else str(r.cap)
+        click.echo(
+            f"{r.provider:<12} {r.day:<10}  {cap:>6} {r.used:>5} {r.sent:>5} {r.deferred:>5} {r.failed:>5}  {r.health}"
+        )
+
+
 # --- demo ----------------------------------------------------------------------------------------------------
 
 DEMO_DOMAIN = "example.test"

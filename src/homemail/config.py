@@ -571,6 +571,159 @@ class RspamdConfig:
     junk_score: float | None = _with(_optional_score)
 
 
+def _web_url(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?(/\S*)?", value
+    ):
+        raise ValueError(f'expected an URL such as "https://api64.ipify.org", got {value!r}')
+    return value
+
+
+@dataclass
+class PublicIPConfig:
+    """How homemail finds the address the world sees it at (``homemail doctor``, ``[dyndns]``). "http": an echo
+    service answering with the caller's address (``url``), asked once over IPv4 and once over IPv6; "stun": a STUN
+    binding request (RFC 5389) over UDP; "config": ``[public] ipv4``/``ipv6`` as they are (nothing is asked)."""
+
+    source: str = _with(_one_of("http", "stun", "config"), "http")
+    url: str = _with(_web_url, "https://api64.ipify.org")
+    stun: Endpoint = _with(lambda v: Endpoint.parse(str(v), 3478), Endpoint("stun.l.google.com", 19302))
+    ipv6: bool = True  # look for a public IPv6 address too
+    timeout: float = _with(parse_duration, 10.0)
+
+
+@dataclass
+class DoctorConfig:
+    """What ``homemail doctor`` asks: the blocklists, and the "big provider" MX that tells whether outbound port 25
+    is open."""
+
+    dnsbl: list[str] = _with(
+        _domains,
+        factory=lambda: [
+            "zen.spamhaus.org",
+            "bl.spamcop.net",
+            "b.barracudacentral.org",
+            "psbl.surriel.com",
+            "bl.mailspike.net",
+        ],
+    )
+    pbl: str = "zen.spamhaus.org"  # answers 127.0.0.10/11 here mean "end-user (residential) range"
+    dbl: list[str] = _with(_domains, factory=lambda: ["dbl.spamhaus.org"])  # domain blocklists
+    port25_probe: Endpoint = _with(
+        lambda v: Endpoint.parse(str(v), 25), Endpoint("gmail-smtp-in.l.google.com", 25)
+    )
+    timeout: float = _with(parse_duration, 10.0)  # each network check
+    # The mail domains of the providers that refuse mail from residential or badly named addresses: where the
+    # plan "relay only to the providers that will refuse you" sends mail through the relay.
+    strict_providers: list[str] = _with(
+        _domains,
+        factory=lambda: [
+            "gmail.com",
+            "googlemail.com",
+            "outlook.com",
+            "hotmail.com",
+            "live.com",
+            "msn.com",
+            "yahoo.com",
+            "aol.com",
+            "icloud.com",
+            "me.com",
+            "gmx.net",
+            "gmx.de",
+            "web.de",
+        ],
+    )
+
+
+_TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+
+@dataclass
+class DynDNSConfig:
+    """Dynamic IP: a worker looks up the public address every ``interval`` (``[public_ip]``); when it changed, it
+    updates the A/AAAA records of the public host name, and the SPF records of the local domains in ``zone`` that
+    list the old address, by RFC 2136 dynamic update signed with TSIG, and tells the postmaster by mail."""
+
+    enabled: bool = False
+    interval: float = _with(parse_duration, 300.0)
+    zone: str = _with(_optional_hostname, "")  # the zone holding the host name
+    server: Endpoint | None = _with(lambda v: Endpoint.parse(str(v), 53))  # its primary, taking updates
+    tsig_name: str = ""
+    tsig_algorithm: str = _with(_one_of(*_TSIG_ALGORITHMS), "hmac-sha256")
+    tsig_secret: str = field(default="", repr=False)  # base64
+    tsig_secret_file: Path | None = _with(_existing_file)
+    ttl: int = _with(_positive, 300)
+    hostname: bool = True  # keep the A/AAAA records of the public host name
+    spf: bool = True  # replace the old address in SPF records that list it
+    notify: str = _with(_mailbox_name, "postmaster")  # a local part at the first local domain, or an address
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (
+            self.zone and self.server and self.tsig_name and (self.tsig_secret or self.tsig_secret_file)
+        ):
+            raise ValueError("with enabled = true, set zone, server, tsig_name and tsig_secret (or _file)")
+
+    def secret(self) -> str:
+        if self.tsig_secret_file is not None:
+            return self.tsig_secret_file.read_text().strip()
+        return self.tsig_secret
+
+
+def _date(value: object) -> str:
+    import datetime as dt
+
+    text = value.isoformat() if isinstance(value, dt.date) else value
+    if not isinstance(text, str):
+        raise ValueError("expected a date such as 2025-03-01")
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError(f"expected a date such as 2025-03-01, got {value!r}") from None
+
+
+def _overflow(value: object) -> str:
+    if not isinstance(value, str) or not (value == "wait" or re.fullmatch(r"relay:\S+", value)):
+        raise ValueError(f'expected "wait" or "relay:<name of a [[relay]]>", got {value!r}')
+    return value
+
+
+def _providers(value: object) -> dict[str, list[str]]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise ValueError('expected a table such as {google = ["*.google.com", "*.googlemail.com"]}')
+    return {str(k).lower(): _mx_patterns(v) for k, v in value.items()}
+
+
+def _growth(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1.0 <= value <= 10.0:
+        raise ValueError(f"expected a factor from 1 to 10, got {value!r}")
+    return float(value)
+
+
+def _rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ValueError(f"expected a fraction more than 0 and at most 1, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class WarmupConfig:
+    """IP warm-up: direct mail to each big provider (recognised by its MX host names) is capped per day, starting
+    at ``initial`` messages on ``start`` and growing ``growth`` times a day until ``until``; mail over the cap
+    waits for the next day or goes through a relay (``overflow``). Rate-limit answers and a high deferral or
+    bounce rate brake the ramp for that provider."""
+
+    enabled: bool = False
+    start: str = _with(_date, "")  # the first day of the ramp (default: the day the warm-up first sends)
+    initial: int = _with(_positive, 50)  # messages (recipients) per provider on the first day
+    growth: float = _with(_growth, 1.5)
+    until: int = _with(_positive, 10000)  # a provider whose cap reaches this is warmed up: no more limit
+    overflow: str = _with(_overflow, "wait")  # "wait" or "relay:<name>"
+    # Added to (or replacing, by name) the built-in table; an empty list removes a provider.
+    providers: dict[str, list[str]] = _with(_providers, factory=dict)
+    max_deferral_rate: float = _with(_rate, 0.3)  # over it (deferred + bounced / attempts): brake
+    min_sample: int = _with(_positive, 10)  # attempts in a day before the rate counts
+
+
 @dataclass
 class Config:
     hostname: str = _with(_hostname, "")
@@ -597,6 +750,10 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    public_ip: PublicIPConfig = field(default_factory=PublicIPConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    dyndns: DynDNSConfig = field(default_factory=DynDNSConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:
@@ -608,6 +765,8 @@ class Config:
         for route in self.route:
             if route.relay not in relays:
                 raise ValueError(f"route: no [[relay]] named {route.relay!r}")
+        if self.warmup.overflow.startswith("relay:") and self.warmup.overflow[6:] not in relays:
+            raise ValueError(f"warmup overflow: no [[relay]] named {self.warmup.overflow[6:]!r}")
 
 
 # --- loading ------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ LISTENERS: dict[str, tuple[str, str]] = {
 }
 
 # Background workers: module paths offering ``start_worker(services) -> asyncio.Task | None``.
-WORKERS: list[str] = ["homemail.delivery.queue"]
+WORKERS: list[str] = ["homemail.delivery.queue", "homemail.doctor.dyndns"]
 
 
 @dataclass

@@ -75,6 +75,9 @@ class Recipient:
 class Reply:
     code: int
     text: str
+    # The host refused the whole session (a 5xx greeting or EHLO reply), before any transaction: code and text
+    # are then our summary of the attempt (see homemail.delivery.reputation).
+    session_refused: bool = False
 
     @property
     def ok(self) -> bool:

@@ -10,6 +10,11 @@ Implementation notes:
 - A DSN is stored (into the sender's mailbox when the sender is local, queued with the null reverse-path when not)
   before the outcome that calls for it is committed: a crash in between may repeat a notice, never lose one.
 - Concurrency: at most ``queue.max_deliveries`` attempts at once, ``delivery.per_destination`` per domain or relay.
+- Direct attempts pass the IP warm-up first (:mod:`~homemail.delivery.warmup`, ``[warmup]``): recipients over a
+  provider's daily cap wait (not counted as an attempt) or go through the overflow relay; the outcomes are
+  recorded for its brakes. A direct refusal about our address's reputation, for a domain whose ``[[route]]``
+  has ``after_failures``, is not a failure: the recipient goes through that relay at once
+  (:mod:`~homemail.delivery.reputation`, :func:`~homemail.delivery.routes.reputation_fallback`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from homemail.config import RelayConfig
 from homemail.delivery import dsn
 from homemail.delivery.client import ConnectFailed, Connection, Message, Pool, Recipient, Reply, Target
 from homemail.delivery.mtasts import MTASTS
-from homemail.delivery.routes import RouteFailure, choose_relay, mx_hosts, resolve_hosts
+from homemail.delivery.reputation import refused_for_reputation
+from homemail.delivery.routes import RouteFailure, choose_relay, mx_hosts, reputation_fallback, resolve_hosts
+from homemail.delivery.warmup import Warmup
 from homemail.dns import get_resolver
 from homemail.store import DeliveryTarget, QueuedMessage, QueuedRecipient, QueueRecipient, RecipientUpdate
 
@@ -47,6 +54,7 @@ class QueueWorker:
         d = self.config.delivery
         self.pool = Pool(d.idle_close)
         self.mtasts = MTASTS(self.resolver, d.mta_sts_port, d.mta_sts_cafile) if d.mta_sts else None
+        self.warmup = Warmup(self.config, self.store, self.resolver) if self.config.warmup.enabled else None
         self.wakeup = asyncio.Event()
         self.busy: set[int] = set()
         self.slots = asyncio.Semaphore(self.config.queue.max_deliveries)
@@ -109,6 +117,7 @@ class QueueWorker:
     ) -> None:
         now = time.time()
         outcomes: dict[int, tuple[Reply, str]] = {}
+        waits: list[RecipientUpdate] = []  # held back by the warm-up, or off to a relay now
         live = []
         for r in rcpts:
             if r.state == "bounce":
@@ -123,9 +132,81 @@ class QueueWorker:
             out = Message(
                 message.sender, data, message.smtputf8, message.body8bit, message.envid, message.ret
             )
-            domain = key.partition(":")[2]
-            outcomes.update(await self._deliver(out, domain if relay is None else "", relay, live))
+            if relay is None:
+                outcomes.update(await self._direct(message, out, key.partition(":")[2], live, waits))
+            else:
+                outcomes.update(await self._deliver(out, "", relay, live))
         await self._settle(message, rcpts, outcomes, now)
+        if waits:
+            await self.store.queue_update(waits)
+            self.kick()
+
+    async def _direct(
+        self,
+        message: QueuedMessage,
+        out: Message,
+        domain: str,
+        rcpts: list[QueuedRecipient],
+        waits: list[RecipientUpdate],
+    ) -> dict[int, tuple[Reply, str]]:
+        """Direct delivery to ``domain``, within the warm-up limits, with the relay of a reputation refusal."""
+        outcomes: dict[int, tuple[Reply, str]] = {}
+        provider = await self.warmup.provider_of(domain) if self.warmup is not None else None
+        if self.warmup is not None and provider is not None:
+            admission = await self.warmup.admit(provider, len(rcpts))
+            rcpts, held = rcpts[: admission.granted], rcpts[admission.granted :]
+            overflow = self.warmup.overflow_relay
+            for r in held:
+                log.info("queue %d: <%s> %s", message.id, r.address, admission.reason)
+            if held and overflow is not None:
+                log.info(
+                    "queue %d: warm-up overflow to %s goes through relay %s",
+                    message.id,
+                    provider,
+                    overflow.name,
+                )
+                outcomes.update(await self._deliver(out, "", overflow, held))
+            else:
+                waits += [
+                    RecipientUpdate(
+                        r.id,
+                        "queued",
+                        next_attempt=admission.until,
+                        last_error=admission.reason,
+                        attempted=False,
+                    )
+                    for r in held
+                ]
+        if not rcpts:
+            return outcomes
+        direct = await self._deliver(out, domain, None, rcpts)
+        if self.warmup is not None and provider is not None:
+            await self.warmup.record(provider, list(direct.values()))
+        fallback = reputation_fallback(self.config, domain)
+        for r in rcpts:
+            reply, remote = direct[r.id]
+            if fallback is not None and refused_for_reputation(reply):
+                relay, after = fallback
+                log.info(
+                    "queue %d: <%s> refused for our address's reputation (%s): through relay %s now",
+                    message.id,
+                    r.address,
+                    reply,
+                    relay.name,
+                )
+                waits.append(
+                    RecipientUpdate(
+                        r.id,
+                        "queued",
+                        next_attempt=time.time(),
+                        last_error=f"{reply} (a refusal for the sending address's reputation: relay {relay.name} next)",
+                        remote=remote,
+                        min_attempts=after,
+                    )
+                )
+            else:
+                outcomes[r.id] = (reply, remote)
+        return outcomes
 
     async def _deliver(
         self, message: Message, domain: str, relay: RelayConfig | None, rcpts: Sequence[QueuedRecipient]
@@ -147,6 +228,7 @@ class QueueWorker:
             return {r.id: (reply, "") for r in rcpts}
         recipients = [Recipient(r.address, r.notify, r.orcpt) for r in rcpts]
         errors: list[str] = []
+        refused = False  # a host refused the session (5xx greeting or EHLO)
         for target in targets:
             conn = self.pool.take(target)
             if conn is None:
@@ -161,13 +243,18 @@ class QueueWorker:
                 except ConnectFailed as e:
                     log.info("delivery: %s", e)
                     errors.append(str(e))
+                    refused = refused or (e.permanent and relay is None)
                     continue
             results = await conn.send(message, recipients)
             self.pool.give(conn)
             remote = f"{target.host} [{target.ip}]"
             by_address = {r.address: r for r in rcpts}
             return {by_address[a].id: (reply, remote) for a, reply in results.items()}
-        reply = Reply(451, "4.4.1 " + ("; ".join(errors[-3:]) or "No mail host could be reached"))
+        reply = Reply(
+            451,
+            "4.4.1 " + ("; ".join(errors[-3:]) or "No mail host could be reached"),
+            session_refused=refused,
+        )
         return {r.id: (reply, "") for r in rcpts}
 
     async def _direct_targets(self, domain: str) -> list[Target]:

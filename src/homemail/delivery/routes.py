@@ -3,7 +3,9 @@
 Rules:
 - ``[[route]]`` entries are tried in order; the first whose ``domains`` list names the recipient's domain (or a
   parent of it), or that has no list, decides. With ``after_failures = N`` the route applies only once N direct
-  attempts have failed: mail goes direct first, then through the relay (the hybrid mode).
+  attempts have failed: mail goes direct first, then through the relay (the hybrid mode). A direct refusal about
+  our address's reputation (:mod:`homemail.delivery.reputation`) counts as all N at once: the next attempt goes
+  through the relay right away instead of the mail bouncing.
 - Direct: the MX records by preference, hosts of equal preference in random order (RFC 5321 5.1); a domain with no
   MX is its own MX (implicit MX, 5.1); a null MX (RFC 7505) fails at once with 5.1.10; a domain that does not
   exist fails with 5.1.2; a DNS failure is temporary.
@@ -44,6 +46,19 @@ def choose_relay(config: Config, domain: str, failed_attempts: int) -> RelayConf
         if failed_attempts < route.after_failures:
             return None
         return next(r for r in config.relay if r.name == route.relay)
+    return None
+
+
+def reputation_fallback(config: Config, domain: str) -> tuple[RelayConfig, int] | None:
+    """The relay a route with ``after_failures`` holds in reserve for ``domain``, and that number: a direct
+    refusal about our address's reputation sends the mail there at once (homemail.delivery.reputation)."""
+    domain = domain.lower()
+    for route in config.route:
+        if route.domains and not any(domain == d or domain.endswith("." + d) for d in route.domains):
+            continue
+        if route.after_failures == 0:
+            return None  # this route relays from the first attempt
+        return next(r for r in config.relay if r.name == route.relay), route.after_failures
     return None
 
 

@@ -229,6 +229,7 @@ class RecipientUpdate:
     remote: str = ""
     attempted: bool = True  # counts as an attempt
     delay_notified: bool | None = None  # set when a delay DSN went out
+    min_attempts: int = 0  # raise attempts to at least this (a route's after_failures, reached at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,24 @@ class GreylistEntry:
     first_seen: float  # Unix time
     last_seen: float
     passes: int = 0  # accepted deliveries; 0 while a triplet waits for its retry
+
+
+@dataclass(slots=True)
+class WarmupState:
+    """One provider's day in the IP warm-up (homemail.delivery.warmup): its cap and what was sent against it."""
+
+    provider: str
+    started: str  # the day (ISO date, UTC) mail first went to the provider
+    day: str  # the day the counters are for
+    cap: float  # messages allowed that day
+    used: int = 0  # recipients let through (attempted) that day
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    throttled: int = 0  # rate-limit answers
+    braked: bool = False  # no more that day; the cap does not grow the next
+    note: str = ""  # why the last brake
+    updated: float = 0.0
 
 
 Listener = Callable[[int], None]  # called with a mailbox id
@@ -491,6 +510,15 @@ class Store(abc.ABC):
     async def greylist_expire(self, waiting_before: float, passed_before: float) -> int:
         """Drop entries still waiting (passes 0) last seen before ``waiting_before`` and the others last seen
         before ``passed_before``. Returns how many went."""
+
+    # --- IP warm-up ---
+    @abc.abstractmethod
+    async def warmup_states(self) -> list[WarmupState]:
+        """Every provider's warm-up state, by provider name."""
+
+    @abc.abstractmethod
+    async def warmup_put(self, states: Sequence[WarmupState]) -> None:
+        """Insert or replace providers' states."""
 
     # --- change notification (not coroutines) ---
     @abc.abstractmethod

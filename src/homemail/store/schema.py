@@ -192,6 +192,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (account_id, source, key)
     ) WITHOUT ROWID;
     """,
+    # 5 -> 6: the IP warm-up (homemail.delivery.warmup): each provider's daily cap and its use that day.
+    """
+    CREATE TABLE warmup (
+        provider TEXT PRIMARY KEY,
+        started TEXT NOT NULL,                -- ISO date (UTC) of the first mail to the provider
+        day TEXT NOT NULL,                    -- the day the counters are for
+        cap REAL NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0,
+        deferred INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        throttled INTEGER NOT NULL DEFAULT 0,
+        braked INTEGER NOT NULL DEFAULT 0,
+        note TEXT NOT NULL DEFAULT '',
+        updated REAL NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

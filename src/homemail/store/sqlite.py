@@ -62,6 +62,7 @@ from homemail.store import (
     Store,
     StoreError,
     StoreResult,
+    WarmupState,
 )
 from homemail.store.blobs import BlobFiles
 from homemail.store.schema import migrate
@@ -1207,6 +1208,46 @@ class SQLiteStore(Store):
 
         return await self._write(job)
 
+    # --- IP warm-up ----------------------------------------------------------------------------------------
+
+    async def warmup_states(self) -> list[WarmupState]:
+        def read(db: sqlite3.Connection) -> list[WarmupState]:
+            rows = db.execute(
+                "SELECT provider, started, day, cap, used, sent, deferred, failed, throttled, braked, note,"
+                " updated FROM warmup ORDER BY provider"
+            )
+            return [
+                WarmupState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10], r[11])
+                for r in rows
+            ]
+
+        return await self._read(read)
+
+    async def warmup_put(self, states: Sequence[WarmupState]) -> None:
+        rows = [
+            (
+                s.provider,
+                s.started,
+                s.day,
+                s.cap,
+                s.used,
+                s.sent,
+                s.deferred,
+                s.failed,
+                s.throttled,
+                int(s.braked),
+                s.note,
+                s.updated,
+            )
+            for s in states
+        ]
+
+        def job(db: sqlite3.Connection, ctx: _JobContext) -> None:
+            db.executemany("INSERT OR REPLACE INTO warmup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+        if rows:
+            await self._write(job)
+
 
 # --- SQL helpers (run in the reader or writer threads) --------------------------------------------------------
 
@@ -1739,7 +1780,7 @@ def _queue_update_job(db: sqlite3.Connection, ctx: _JobContext, updates: list[Re
     for u in updates:
         row = db.execute(
             "UPDATE queue_recipient SET state = ?, next_attempt = ?, last_error = ?, remote = ?,"
-            " attempts = attempts + ?, delay_notified = coalesce(?, delay_notified) WHERE id = ?"
+            " attempts = max(attempts + ?, ?), delay_notified = coalesce(?, delay_notified) WHERE id = ?"
             " RETURNING message_id",
             (
                 u.state,
@@ -1747,6 +1788,7 @@ def _queue_update_job(db: sqlite3.Connection, ctx: _JobContext, updates: list[Re
                 u.last_error,
                 u.remote,
                 int(u.attempted),
+                u.min_attempts,
                 None if u.delay_notified is None else int(u.delay_notified),
                 u.id,
             ),
