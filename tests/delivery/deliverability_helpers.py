@@ -5,6 +5,7 @@ the greeting, and the reverse zone of a loopback block."""
 from __future__ import annotations
 
 import http.server
+import socket
 import socketserver
 import ssl
 import threading
@@ -21,10 +22,15 @@ def reverse_zone(net: str) -> str:
     return f"{c}.{b}.{a}.in-addr.arpa"
 
 
-class EchoServer:
-    """``GET /`` answers ``answer`` (what the test says our public address is), as text/plain."""
+class _HTTPServer6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
-    def __init__(self, host: str, answer: str) -> None:
+
+class EchoServer:
+    """``GET /`` answers ``answer`` (what the test says our public address is), as text/plain. ``host`` may be an
+    IPv6 address; ``port`` 0 is any free one."""
+
+    def __init__(self, host: str, answer: str, port: int = 0) -> None:
         self.answer = answer
         self.requests = 0
         echo = self
@@ -42,8 +48,10 @@ class EchoServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.httpd.server_address[1]}/"
+        server_class = _HTTPServer6 if ":" in host else http.server.ThreadingHTTPServer
+        self.httpd = server_class((host, port), Handler)
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://[{host}]:{self.port}/" if ":" in host else f"http://{host}:{self.port}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def start(self) -> EchoServer:

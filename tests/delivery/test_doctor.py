@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import socket
 import struct
@@ -37,21 +38,27 @@ MX_IP, HOME_IP, LISTED_IP, PROBE_IP, ECHO_IP, CLOSED_IP = (
 _, B, C = NET.rstrip(".").split(".")[:3]
 DOMAIN, HOST, SPAMMY = "doc.test", "mx.doc.test", "spammy.test"
 DYN_NAME = f"31-{C}-{B}-127.dyn.isp.test"
+HOME_V6, DYN_V6_NAME = "2001:db8::31", "dyn-2001-db8--31.cable.isp.test"
+V6_NIBBLES = ".".join(reversed(ipaddress.IPv6Address(HOME_V6).exploded.replace(":", "")))
 ZONES: dict[str, list[str]] = {
     DOMAIN: [],  # what 'homemail dns' prints, filled in before knot starts
     reverse_zone(NET): [f"30 PTR {HOST}.", f"31 PTR {DYN_NAME}.", "32 PTR mail.listed.test."],
-    "isp.test": [f"31-{C}-{B}-127.dyn A {HOME_IP}"],
+    "isp.test": [f"31-{C}-{B}-127.dyn A {HOME_IP}", f"dyn-2001-db8--31.cable AAAA {HOME_V6}"],
+    "0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": [f"{V6_NIBBLES[:31]} PTR {DYN_V6_NAME}."],
+    "echo.test": [f"@ A {ECHO_IP}", "@ AAAA ::1"],  # the echo service over both IP versions
     "listed.test": [f"mail A {LISTED_IP}"],
     "probe.test": [f"mx A {PROBE_IP}", f"closed A {CLOSED_IP}"],
-    "zen.test": [f"31.{C}.{B}.127 A 127.0.0.11", f"32.{C}.{B}.127 A 127.0.0.4"],
+    "zen.test": [f"31.{C}.{B}.127 A 127.0.0.11", f"32.{C}.{B}.127 A 127.0.0.4", f"{V6_NIBBLES} A 127.0.0.10"],
     "bl.test": [f"32.{C}.{B}.127 A 127.0.0.2", f'32.{C}.{B}.127 TXT "Listed for spam traps, see bl.test"'],
     "dbl.test": [f"{SPAMMY} A 127.0.1.2", "doc.test.blocked A 127.0.1.255"],
 }
 
 
 class World:
-    def __init__(self, server: Homemail, echo: EchoServer, knot: KnotServer) -> None:
-        self.server, self.echo, self.knot = server, echo, knot
+    def __init__(
+        self, server: Homemail, echo: EchoServer, echo6: EchoServer | None, knot: KnotServer
+    ) -> None:
+        self.server, self.echo, self.echo6, self.knot = server, echo, echo6, knot
 
     def doctor(self, *args: str, config: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """``homemail doctor ARGS --json`` (with another configuration file when ``config`` is given)."""
@@ -92,6 +99,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     cert.private_key_pem.write_to_path(str(key_file))
 
     echo = EchoServer(ECHO_IP, MX_IP).start()
+    try:  # the same service over IPv6, where the machine has ::1
+        echo6: EchoServer | None = EchoServer("::1", HOME_V6, port=echo.port).start()
+    except OSError:
+        echo6 = None
     probe = Remote(PROBE_IP).start()
     knot = KnotServer(ZONES)
     server = Homemail(
@@ -127,12 +138,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         knot.zones[DOMAIN] = server.cli("dns", DOMAIN, "--zone").stdout.splitlines()
         knot.start()
         server.start()
-        yield World(server, echo, knot)
+        yield World(server, echo, echo6, knot)
     finally:
         server.stop()
         knot.stop()
         probe.stop()
         echo.stop()
+        if echo6 is not None:
+            echo6.stop()
 
 
 def test_clean_address_delivers_directly(world: World) -> None:
@@ -175,7 +188,10 @@ def test_clean_address_delivers_directly(world: World) -> None:
 
 def test_residential_address_relays_to_the_strict_providers(world: World) -> None:
     world.echo.answer = HOME_IP
-    code, report = world.doctor(DOMAIN)
+    config = copy.deepcopy(world.server.config)
+    if world.echo6 is not None:  # look for the IPv6 address too, asking echo.test over both versions
+        config["public_ip"].update(url=f"http://echo.test:{world.echo.port}/", ipv6=True)
+    code, report = world.doctor(DOMAIN, config=config)
     got = statuses(report)
     assert code == 1 and report["failed"] is True
     public = check(report, "public-ipv4")
@@ -203,10 +219,31 @@ def test_residential_address_relays_to_the_strict_providers(world: World) -> Non
     assert '[[route]]\nrelay = "smarthost"\ndomains = ["gmail.com", "googlemail.com", "outlook.com"' in config
     assert 'relay = "smarthost"\nafter_failures = 3' in config and "[[relay]]" in config
     # The public address the world sees, and the one mail leaves from ([delivery] source_ipv4).
-    spf = f'{DOMAIN}. TXT "v=spf1 mx ip4:{HOME_IP} ip4:{MX_IP} include:spf.relay.example -all"'
+    ip6 = f" ip6:{HOME_V6}" if world.echo6 is not None else ""
+    spf = f'{DOMAIN}. TXT "v=spf1 mx ip4:{HOME_IP} ip4:{MX_IP}{ip6} include:spf.relay.example -all"'
     assert f"{spf}  (SPF: replaces the current one)" in verdict["dns"]
     assert f"{HOST}. A {HOME_IP} (or turn on [dyndns])" in verdict["dns"]
     assert any(d.startswith(f"Ask your provider (whoever gave you {HOME_IP})") for d in verdict["dns"])
+
+    if world.echo6 is None:
+        return
+    # IPv6: the same checks for the address the echo service saw over IPv6.
+    assert check(report, "public-ipv6") == {
+        "id": "public-ipv6",
+        "title": "Public IPv6",
+        "status": "ok",
+        "detail": f"{HOME_V6} (from http://echo.test:{world.echo.port}/)",
+        "fix": "",
+    }
+    residential6 = check(report, "residential-ipv6")
+    assert (
+        residential6["status"] == "fail"
+        and "Spamhaus PBL (127.0.0.10 from zen.test)" in residential6["detail"]
+    )
+    assert DYN_V6_NAME in check(report, "ptr-ipv6")["detail"] and got["fcrdns-ipv6"] == "warn"
+    assert got["dnsbl-ipv6"] == "ok"
+    assert check(report, "address-ipv6")["detail"] == f"{HOST} -> nothing, not the public address {HOME_V6}"
+    assert f"{HOST}. AAAA {HOME_V6}" in verdict["dns"]
 
 
 def test_listed_address_without_port_25_relays_everything(world: World) -> None:
