@@ -36,8 +36,12 @@ USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
 CLIENTS = 12
 CYCLES = 3
 MARKER_RE = re.compile(rb"^X-Crash-Marker: (\S+)$", re.MULTILINE)
-# Return-Path, then one Received field (continuation lines start with a tab), then the message as sent.
-TRACE_RE = re.compile(rb"Return-Path: <([^>]*)>\nReceived: [^\n]*\n(?:\t[^\n]*\n)*")
+# Return-Path, then one Received field (continuation lines start with a tab) and the Authentication-Results
+# the MX adds, then the message as sent.
+TRACE_RE = re.compile(
+    rb"Return-Path: <([^>]*)>\nReceived: [^\n]*\n(?:\t[^\n]*\n)*"
+    rb"(?:Authentication-Results: [^\n]*\n(?:[ \t][^\n]*\n)*)?"
+)
 
 
 @dataclass
