@@ -1389,6 +1389,23 @@ def _deliver_job(
     targets: list[DeliveryTarget],
     when: datetime,
 ) -> list[tuple[int, int]]:
+    if len(targets) == 1 and targets[0].mailbox == "INBOX":
+        # The usual delivery, one copy into an INBOX: its UID and MODSEQ taken in the statement that finds it.
+        t = targets[0]
+        row = db.execute(
+            "UPDATE mailbox SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+            " WHERE account_id = ? AND name = 'INBOX' RETURNING id, uidnext - 1, highestmodseq",
+            (t.account_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no account with id {t.account_id}")
+        inbox_id, uid, modseq = int(row[0]), int(row[1]), int(row[2])
+        _insert_blob(db, ctx, blob_id, size, parsed, sha, 1)
+        bits, keywords = split_flags(t.flags)
+        _insert_message(db, inbox_id, uid, blob_id, bits, keywords, when, size, modseq)
+        _add_keywords(db, inbox_id, keywords)
+        ctx.touched.add(inbox_id)
+        return [(inbox_id, uid)]
     placed: list[tuple[int, int]] = []
     seen: set[int] = set()
     resolved: list[tuple[int, DeliveryTarget]] = []
