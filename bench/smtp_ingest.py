@@ -1,7 +1,7 @@
 """SMTP ingest speed: homemail against a throwaway Postfix, both fed by Postfix's smtp-source. Prints messages/s.
 
 Usage: .venv/bin/python bench/smtp_ingest.py [--quick] [--count N] [--parallel 1,10,50] [--sizes 4096,102400]
-                                             [--reuse] [--repeat R] [--only homemail|postfix] [--spf]
+                                             [--reuse] [--repeat R] [--only homemail|postfix] [--checks]
                                              [--src DIR] [--keep]
 
 Runs as root (Postfix's master must). Both servers use the same disk (temporary folders under /tmp) and keep
@@ -9,9 +9,9 @@ their default durability: homemail fsyncs the message file (and the folder of it
 and the SQLite WAL before its 250; Postfix's cleanup fsyncs the queue file before its 250 and virtual(8) fsyncs
 each Maildir file.
 
-Like for like: both look up the client's reverse DNS name; homemail's SPF checks are off unless --spf, since
-this Postfix checks no SPF. Otherwise homemail runs with its defaults (the loopback client is exempt from the
-rate limits and the greeting pause by default).
+Like for like: both look up the client's reverse DNS name; homemail's SPF and DKIM/ARC/DMARC checks are off
+unless --checks, since this Postfix does neither. Otherwise homemail runs with its defaults (the loopback client
+is exempt from the rate limits and the greeting pause by default).
 
 Figures, per message size and number of smtp-source connections open at once (-s):
 - "250s": messages/s from smtp-source's start until it exits, i.e. until every message was acknowledged. For
@@ -95,7 +95,7 @@ def count_files(*dirs: Path) -> int:
 class Homemail:
     """A homemail server process with default settings (fsync on), one local domain and one user."""
 
-    def __init__(self, root: Path, src: Path | None = None, spf: bool = False) -> None:
+    def __init__(self, root: Path, src: Path | None = None, checks: bool = False) -> None:
         self.root = root
         root.mkdir()
         self.env = dict(os.environ)
@@ -114,7 +114,9 @@ class Homemail:
             f"\n[smtp]\n"
             f"max_connections_per_ip = 200\n"
             f"\n[spf]\n"
-            f"enabled = {'true' if spf else 'false'}\n"
+            f"enabled = {'true' if checks else 'false'}\n"
+            f"\n[dmarc]\n"
+            f"enabled = {'true' if checks else 'false'}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -385,7 +387,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="each stream's messages over one connection")
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is printed")
     ap.add_argument("--only", choices=("homemail", "postfix"), help="measure one server only")
-    ap.add_argument("--spf", action="store_true", help="keep homemail's SPF checks on (its default)")
+    ap.add_argument(
+        "--checks", action="store_true", help="homemail's SPF and DKIM/ARC/DMARC checks on (its default)"
+    )
     ap.add_argument("--src", type=Path, help="run homemail from this source folder (holding homemail/)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folders (logs, data)")
     args = ap.parse_args()
@@ -405,7 +409,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="smtp-ingest-", dir="/tmp"))
     os.chmod(root, 0o755)  # Postfix's daemons (user postfix) reach their queue below it
-    hm = Homemail(root / "homemail", args.src, args.spf) if args.only != "postfix" else None
+    hm = Homemail(root / "homemail", args.src, args.checks) if args.only != "postfix" else None
     pf = Postfix(root / "postfix") if args.only != "homemail" else None
     try:
         if hm is not None:
@@ -415,8 +419,8 @@ def main() -> None:
             pf.setup()
             pf.start()
         print(
-            f"smtp-source -> homemail {HOMEMAIL_HOST}:{hm.port if hm else '-'} (fsync on, SPF "
-            f"{'on' if args.spf else 'off'}{', from ' + str(args.src) if args.src else ''}) and Postfix "
+            f"smtp-source -> homemail {HOMEMAIL_HOST}:{hm.port if hm else '-'} (fsync on, SPF and DMARC "
+            f"{'on' if args.checks else 'off'}{', from ' + str(args.src) if args.src else ''}) and Postfix "
             f"{pf.version() if pf else '-'} {POSTFIX_HOST}:{pf.port if pf else '-'}; {os.cpu_count()} CPUs; "
             f"{'one connection per stream' if args.reuse else 'one connection per message'}; "
             f"load average {os.getloadavg()[0]:.1f}"
