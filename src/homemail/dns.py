@@ -14,8 +14,11 @@ One :class:`Resolver` per process, shared through ``services.extras["dns"]`` (:f
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +54,20 @@ class MX:
     host: str  # without the trailing dot, lower-case; "" for a null MX (RFC 7505)
 
 
+CACHE_SIZE = 20_000
+MAX_TTL = 86_400.0
+
+
+def _negative_ttl(responses: list[Any]) -> float:
+    """RFC 2308 5: a negative answer is kept for the SOA's TTL, at most its minimum field; without an SOA in
+    the authority section it is not kept at all."""
+    for response in responses:
+        for rrset in getattr(response, "authority", ()):
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return float(min(rrset.ttl, rrset[0].minimum))
+    return 0.0
+
+
 class Resolver:
     def __init__(self, config: DNSConfig | None = None, cache: bool = True) -> None:
         config = config or DNSConfig()
@@ -61,17 +78,70 @@ class Resolver:
             r = dns.asyncresolver.Resolver()
         r.lifetime = config.timeout
         r.timeout = min(config.timeout, 2.0)
-        if cache:
-            r.cache = dns.resolver.LRUCache(10_000)
         self._resolver = r
+        # Answers by (name, type): the records, or the NotFound to raise again, until the TTL runs out. In front
+        # of dnspython (not its own cache) because a hit here costs a dict lookup, not a walk through its
+        # resolution machinery, and negative answers are kept too (RFC 2308 5: for the SOA's minimum TTL).
+        self._cache: OrderedDict[tuple[str, str], tuple[float, list[Any] | NotFound]] | None = (
+            OrderedDict() if cache else None
+        )
+        # Lookups in flight: a second asker of the same question waits for the first answer.
+        self._pending: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
 
     async def query(self, name: str, rdtype: str) -> list[Any]:
         """The records of ``rdtype`` at ``name`` (absolute), as dnspython rdata; [] when there are none."""
+        key = (name.rstrip(".").lower(), rdtype)
+        cache = self._cache
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                if hit[0] > time.monotonic():
+                    if isinstance(hit[1], NotFound):
+                        raise NotFound(str(hit[1]))
+                    return list(hit[1])
+                del cache[key]
+        pending = self._pending.get(key)
+        if pending is not None:
+            await asyncio.wait([pending])
+            if not pending.cancelled():  # the first asker was cancelled: ask again below
+                return list(pending.result())
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
         try:
-            answer = await self._resolver.resolve(name.rstrip(".") + ".", rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise NotFound(f"{name}: no such domain (NXDOMAIN)") from None
-        except dns.resolver.NoAnswer:
+            records = await self._lookup(key[0], rdtype)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # marked as retrieved: there may be nobody else waiting
+            raise
+        else:
+            fut.set_result(records)
+            return list(records)
+        finally:
+            if self._pending.get(key) is fut:
+                del self._pending[key]
+
+    def _keep(self, key: tuple[str, str], ttl: float, value: list[Any] | NotFound) -> None:
+        cache = self._cache
+        if cache is None or ttl <= 0:
+            return
+        cache[key] = (time.monotonic() + min(ttl, MAX_TTL), value)
+        if len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
+
+    async def _lookup(self, name: str, rdtype: str) -> list[Any]:
+        key = (name, rdtype)
+        try:
+            answer = await self._resolver.resolve(name + ".", rdtype, search=False)
+        except dns.resolver.NXDOMAIN as e:
+            missing = NotFound(f"{name}: no such domain (NXDOMAIN)")
+            self._keep(key, _negative_ttl(list(e.responses().values())), missing)
+            raise missing from None
+        except dns.resolver.NoAnswer as e:
+            response = e.kwargs.get("response")
+            self._keep(key, _negative_ttl([response] if response is not None else []), [])
             return []
         except dns.resolver.NoNameservers as e:
             raise TemporaryError(f"{name} {rdtype}: no nameserver answered ({e})") from None
@@ -79,7 +149,9 @@ class Resolver:
             raise TemporaryError(f"{name} {rdtype}: DNS timeout") from None
         except dns.exception.DNSException as e:
             raise TemporaryError(f"{name} {rdtype}: {e}") from None
-        return list(answer)
+        records = list(answer)
+        self._keep(key, answer.rrset.ttl if answer.rrset is not None else 0, records)
+        return records
 
     async def mx(self, domain: str) -> list[MX]:
         """MX records by preference (ties in answer order). A null MX is ``MX(0, "")`` (RFC 7505 3)."""

@@ -141,11 +141,10 @@ def setup_logging(level: str) -> None:
 def serve(config: Config) -> None:
     setup_logging(config.log_level)
     try:
-        import uvloop  # optional: faster event loop where installed
+        import uvloop  # a dependency where it builds; the standard loop otherwise
     except ImportError:
-        uvloop = None
-    # Run outside the except block: every traceback logged later would otherwise carry the ImportError.
-    if uvloop is None:
-        asyncio.run(Server(config).run())
+        run = asyncio.run
     else:
-        uvloop.run(Server(config).run())
+        run = uvloop.run
+    # Run outside the except block: every traceback logged later would otherwise carry the ImportError.
+    run(Server(config).run())

@@ -37,7 +37,7 @@ import re
 import ssl
 from base64 import b32encode
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from homemail import addresses, proxyproto
 from homemail import tls as tlsmod
@@ -286,9 +286,9 @@ class Session(asyncio.Protocol):
 
     # --- transport callbacks ---
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, so no isinstance check here.
+        self.transport = transport = cast(asyncio.Transport, base)
         self.peer_ip, self.peer_port = self._client or proxyproto.peer_address(transport)
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
@@ -831,7 +831,6 @@ class Session(asyncio.Protocol):
             raise ConnectionLost() from None
         if transport is None:
             raise ConnectionLost()
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.tls = tlsmod.describe(transport.get_extra_info("ssl_object")) or "TLS"
         # RFC 3207 4.2: forget everything learnt before TLS (the buffer was empty when the handshake began).
