@@ -58,14 +58,19 @@ CACHE_SIZE = 20_000
 MAX_TTL = 86_400.0
 
 
+# RFC 2308 5 says a negative answer without an SOA should not be cached. Some resolvers send them (for the
+# loopback PTR, say), and asking again for every connection gets a busy client rate-limited by them; a few
+# seconds of memory spares that and is too short to matter for a name just added.
+NEGATIVE_WITHOUT_SOA = 5.0
+
+
 def _negative_ttl(responses: list[Any]) -> float:
-    """RFC 2308 5: a negative answer is kept for the SOA's TTL, at most its minimum field; without an SOA in
-    the authority section it is not kept at all."""
+    """RFC 2308 5: a negative answer is kept for the SOA's TTL, at most its minimum field."""
     for response in responses:
         for rrset in getattr(response, "authority", ()):
             if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
                 return float(min(rrset.ttl, rrset[0].minimum))
-    return 0.0
+    return NEGATIVE_WITHOUT_SOA
 
 
 class Resolver:
