@@ -13,6 +13,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ class IPRevResult:
     reason: str = ""
 
 
+@functools.lru_cache(maxsize=4096)
 def reverse_name(ip: str) -> str:
     """The in-addr.arpa / ip6.arpa name of an address."""
     addr = client_address(ip)
@@ -43,6 +45,7 @@ def reverse_name(ip: str) -> str:
     return ".".join(reversed(addr.exploded.replace(":", ""))) + ".ip6.arpa"
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per connection; addresses repeat
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The client's address; an IPv4-mapped IPv6 address (a dual-stack listener) is the IPv4 address."""
     addr = ipaddress.ip_address(ip.strip("[]"))

@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ IPV6_PREFIX = 64
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)  # once per connection and per message; addresses repeat
 def client_key(ip: str, ipv4_prefix: int = 32, ipv6_prefix: int = IPV6_PREFIX) -> str:
     """The address an IPv4 client is counted under, or the network of an IPv6 client."""
     addr = client_address(ip)

@@ -45,7 +45,7 @@ from homemail.mailauth.greylist import Greylist
 from homemail.mailauth.ratelimit import RateLimiter, client_key, in_networks
 from homemail.smtp.policy import Envelope, Policy, RcptTo, SessionInfo
 from homemail.smtp.replies import Reply, SMTPError
-from homemail.store import Account, DeliveryTarget, QueueRecipient, StoreError
+from homemail.store import Account, DeliveryTarget, QueueRecipient, Recipient, StoreError
 
 if TYPE_CHECKING:
     from homemail.server import Services
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DOMAIN_CACHE_SECONDS = 5.0
+RECIPIENT_CACHE_SIZE = 10_000
 GREETED_MEMORY = 86400.0  # a client that waited for the greeting is not paused again for this long
 GREETED_MAX = 100_000
 
@@ -78,6 +79,7 @@ class InboundPolicy(Policy):
         self.hostname = config.hostname
         self._domains: frozenset[str] = frozenset()
         self._domains_at = 0.0
+        self._recipients: dict[str, tuple[float, Recipient]] = {}
         self.limits = config.limits
         self.spf = config.spf
         self.dnsbl = config.dnsbl
@@ -191,6 +193,22 @@ class InboundPolicy(Policy):
             self._domains_at = 0.0
             return True
         return False
+
+    async def _resolve(self, address: str) -> Recipient | None:
+        """The store's answer, remembered for a few seconds when it found someone: a busy address costs no
+        database read per message. Unknown addresses are always asked again, so a new account gets mail at
+        once; a removed one may still be accepted for those seconds (its delivery then fails with a 4xx)."""
+        now = time.monotonic()
+        key = address.lower()
+        hit = self._recipients.get(key)
+        if hit is not None and now - hit[0] < DOMAIN_CACHE_SECONDS:
+            return hit[1]
+        resolved = await self.store.resolve(address)
+        if resolved is not None:
+            if len(self._recipients) >= RECIPIENT_CACHE_SIZE:
+                self._recipients.clear()
+            self._recipients[key] = (now, resolved)
+        return resolved
 
     async def mail_from(self, session: SessionInfo, envelope: Envelope) -> Reply | None:
         # Any syntactically valid reverse-path, the null one too (RFC 5321 4.5.5: bounces must get through).
@@ -329,7 +347,7 @@ class InboundPolicy(Policy):
                 address,
             )
             raise SMTPError(554, "5.7.1", f"Relay access denied for <{address}>")
-        resolved = await self.store.resolve(address)
+        resolved = await self._resolve(address)
         if resolved is None:
             raise SMTPError(550, "5.1.1", f"No such user here: <{address}>")
         await self._check_greylist(session, envelope, address)

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import ssl
+import time
 from base64 import b32encode
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -222,6 +223,9 @@ def smuggled_dot(raw: bytes) -> bool:
     """A "." line not delimited by CRLF on both sides (raw is the data before the final CRLF.CRLF)."""
     if raw[:2] in (b".\r", b".\n"):
         return True
+    # Most messages have no line starting with "." at all: two substring scans settle it without the regex.
+    if b"\n." not in raw and b"\r." not in raw:
+        return False
     return _SMUGGLED_DOT.search(raw) is not None
 
 
@@ -865,11 +869,23 @@ class Session(asyncio.Protocol):
         tcp = f"{rdns} {_received_ip(self.peer_ip)}" if rdns else _received_ip(self.peer_ip)
         tls_info = f" ({self.tls})" if self.tls else ""
         for_clause = f"\r\n\tfor <{env.recipients[0].address}>" if len(env.recipients) == 1 else ""
-        date = email.utils.formatdate(localtime=True)
+        date = _date_now()
         return (
             f"Received: from {helo} ({tcp})\r\n\tby {self.listener.hostname} (homemail) with {proto}"
             f"{tls_info}\r\n\tid {env.id}{for_clause}; {date}\r\n"
         ).encode()
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second, for trace fields: formatted once per second, not per message."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return _date_cache[1]
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
