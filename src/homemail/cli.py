@@ -511,6 +511,100 @@ async def dns_cmd(store: Store, domain: str, as_json: bool, zone_only: bool) -> 
         click.echo(records.zone_text(found), nl=False)
 
 
+# --- reports from other servers -----------------------------------------------------------------------------
+
+
+@main.group("report")
+def report_group() -> None:
+    """What other mail servers report about mail from your domains (read from the report mailboxes)."""
+
+
+async def _report_domains(store: Store, domain: str | None) -> list[str]:
+    if domain is not None:
+        return [domain.lower().rstrip(".")]
+    return [d.name for d in await store.list_domains()]
+
+
+def _broken(found: Any) -> None:
+    for line in found.broken:
+        click.echo(f"unreadable report: {line}", err=True)
+
+
+@report_group.command("dmarc")
+@click.argument("domain", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_store
+async def report_dmarc(store: Store, domain: str | None, as_json: bool) -> None:
+    """DMARC aggregate reports: per sending address, how much mail passed and failed."""
+    import json
+
+    from homemail.doctor import reports
+
+    cfg = get_config(click.get_current_context())
+    found = await reports.gather(store, cfg.public.dmarc_reports, await _report_domains(store, domain))
+    rows = reports.by_source(found.dmarc)
+    if as_json:
+        out = [
+            {
+                "source_ip": r.source_ip,
+                "messages": r.messages,
+                "dmarc_pass": r.passed,
+                "dmarc_fail": r.failed,
+                "dkim_pass": r.dkim_pass,
+                "spf_pass": r.spf_pass,
+                "dispositions": r.dispositions,
+                "reporters": sorted(r.reporters),
+                "header_from": sorted(r.header_from),
+            }
+            for r in rows
+        ]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        reporters = {(r.reporter, r.report_id) for r in found.dmarc}
+        click.echo(f"{len(reporters)} report(s) in {found.messages} message(s)")
+        click.echo(f"{'source':<40} {'mail':>7} {'pass':>7} {'fail':>7} {'dkim':>7} {'spf':>7}  reported by")
+        for r in rows:
+            click.echo(
+                f"{r.source_ip:<40} {r.messages:>7} {r.passed:>7} {r.failed:>7} {r.dkim_pass:>7} {r.spf_pass:>7}"
+                f"  {', '.join(sorted(r.reporters))}"
+            )
+    _broken(found)
+
+
+@report_group.command("tls")
+@click.argument("domain", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_store
+async def report_tls(store: Store, domain: str | None, as_json: bool) -> None:
+    """SMTP TLS reports (TLS-RPT): per policy, how many TLS sessions to your MX succeeded and failed, and why."""
+    import json
+
+    from homemail.doctor import reports
+
+    cfg = get_config(click.get_current_context())
+    found = await reports.gather(store, cfg.public.tls_reports, await _report_domains(store, domain))
+    rows = reports.by_policy(found.tls)
+    if as_json:
+        out = [
+            {
+                "policy_domain": r.policy_domain,
+                "policy_type": r.policy_type,
+                "successful": r.successful,
+                "failed": r.failed,
+                "failures": r.failures,
+                "reporters": sorted(r.reporters),
+            }
+            for r in rows
+        ]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(f"{'policy domain':<30} {'type':<16} {'ok':>8} {'failed':>8}  failures")
+        for r in rows:
+            why = ", ".join(f"{k} {n}" for k, n in sorted(r.failures.items())) or "-"
+            click.echo(f"{r.policy_domain:<30} {r.policy_type:<16} {r.successful:>8} {r.failed:>8}  {why}")
+    _broken(found)
+
+
 # --- deliverability ----------------------------------------------------------------------------------------
 
 
