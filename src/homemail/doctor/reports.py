@@ -313,4 +313,3 @@ def by_policy(rows: Iterable[TLSPolicySummary]) -> list[TLSSummary]:
             s.failures[kind] = s.failures.get(kind, 0) + n
         s.reporters.add(r.reporter)
     return sorted(table.values(), key=lambda s: (s.policy_domain, s.policy_type))
-
