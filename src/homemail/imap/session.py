@@ -16,7 +16,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from homemail.store import (
     Account,
     AlreadyExists,
     FlagOp,
+    FlagUpdate,
     Invalid,
     Mailbox,
     MessageInfo,
@@ -824,28 +825,25 @@ async def cmd_rename(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     return None
 
 
-@command("SUBSCRIBE", *AUTHED)
-async def cmd_subscribe(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
+async def _set_subscribed(s: Session, p: Parser, subscribed: bool) -> Result:
     p.sp()
     name = s.decode_mailbox(p.astring())
     p.end()
     try:
-        await s.store.set_subscribed(s.account_id, name, True)
+        await s.store.set_subscribed(s.account_id, name, subscribed)
     except StoreError as e:
         raise store_errors(e) from None
     return None
+
+
+@command("SUBSCRIBE", *AUTHED)
+async def cmd_subscribe(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
+    return await _set_subscribed(s, p, True)
 
 
 @command("UNSUBSCRIBE", *AUTHED)
 async def cmd_unsubscribe(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
-    p.sp()
-    name = s.decode_mailbox(p.astring())
-    p.end()
-    try:
-        await s.store.set_subscribed(s.account_id, name, False)
-    except StoreError as e:
-        raise store_errors(e) from None
-    return None
+    return await _set_subscribed(s, p, False)
 
 
 _STATUS_ITEMS = (
@@ -970,11 +968,8 @@ async def cmd_list(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
             else:
                 raise Bad(f"unknown LIST return option {word}")
     p.end()
-    if len(patterns) == 1 and patterns[0] == "" and not opts.extended:
-        # RFC 9051 6.3.9: an empty pattern asks for the delimiter and the root of the reference.
-        s.untagged(b'LIST (\\Noselect) "/" ""')
-        return None
     if len(patterns) == 1 and patterns[0] == "":
+        # RFC 9051 6.3.9: an empty pattern asks for the delimiter and the root of the reference.
         s.untagged(b'LIST (\\Noselect) "/" ""')
         return None
     full = [mailboxes.canonical_pattern(reference, pat) for pat in patterns]
@@ -1248,17 +1243,24 @@ async def cmd_fetch(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
                 fetch.check_binary(items, pm)
         if unseen:
             res = await s.store.store_flags(s.account_id, view.mailbox.id, unseen, FlagOp.ADD, ["\\Seen"])
-            for upd in res.updated:
-                old = view.info.get(upd.uid)
-                if old is not None:
-                    view.info[upd.uid] = MessageInfo(
-                        upd.uid, upd.flags, old.internaldate, old.size, upd.modseq, old.blob_id
-                    )
-                    seen_changed.add(upd.uid)
+            seen_changed = _apply_flag_updates(view, res.updated)
     missing = await render_fetch(s, view, uids, items, seen_changed)
     if missing:
         raise No("some messages were expunged by another session", code=b"EXPUNGEISSUED")
     return None
+
+
+def _apply_flag_updates(view: Selected, updated: Iterable[FlagUpdate]) -> set[int]:
+    """Takes the new flags and MODSEQ of the messages the view holds into it; returns their UIDs."""
+    changed: set[int] = set()
+    for upd in updated:
+        old = view.info.get(upd.uid)
+        if old is not None:
+            view.info[upd.uid] = MessageInfo(
+                upd.uid, upd.flags, old.internaldate, old.size, upd.modseq, old.blob_id
+            )
+            changed.add(upd.uid)
+    return changed
 
 
 async def render_fetch(
@@ -1334,15 +1336,8 @@ async def cmd_store(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
         raise No("the mailbox is read-only", code=b"READ-ONLY")
     live = [u for u in uids if u not in view.gone]
     res = await s.store.store_flags(s.account_id, view.mailbox.id, live, op, flags, unchangedsince)
-    changed: set[int] = set()
     known = {f for m in view.info.values() for f in m.flags} if op is not FlagOp.REMOVE else set()
-    for upd in res.updated:
-        old = view.info.get(upd.uid)
-        if old is not None:
-            view.info[upd.uid] = MessageInfo(
-                upd.uid, upd.flags, old.internaldate, old.size, upd.modseq, old.blob_id
-            )
-            changed.add(upd.uid)
+    changed = _apply_flag_updates(view, res.updated)
     modified = set(res.modified)
     if changed and any(not f.startswith("\\") and f not in known for f in flags) and op is not FlagOp.REMOVE:
         # RFC 9051 7.3.5: a keyword new to the mailbox is announced in FLAGS (and PERMANENTFLAGS).
@@ -1536,13 +1531,8 @@ async def _entries(s: Session, view: Selected, q: search.Query) -> list[sort.Ent
     return [sort.Entry(c.seq, c.info, c.summary) for c in found]
 
 
-@command("SORT", SELECTED, uid=True, expunge_ok=False)
-async def cmd_sort(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
-    view = s.view
-    p.sp()
-    criteria = sort.parse_criteria(p)
-    p.sp()
-    # RFC 5256 3: SORT (criteria) charset search-keys; the charset is required
+def _charset_and_query(p: Parser) -> search.Query:
+    """What SORT and THREAD end with: a charset (RFC 5256 3: required), then search keys."""
     charset = p.astring().decode("utf-8", "replace").upper()
     p.sp()
     q = search.parse_query(p, allow_charset=False)
@@ -1550,6 +1540,16 @@ async def cmd_sort(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     # The whole command is parsed first, so a syntax error is BAD even with an unknown charset.
     if charset not in search.CHARSETS:
         raise No(f"charset {charset} is not supported", code=b"BADCHARSET (UTF-8 US-ASCII)")
+    return q
+
+
+@command("SORT", SELECTED, uid=True, expunge_ok=False)
+async def cmd_sort(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
+    view = s.view
+    p.sp()
+    criteria = sort.parse_criteria(p)
+    p.sp()
+    q = _charset_and_query(p)
     entries = sort.sort(await _entries(s, view, q), criteria)
     line = b"SORT" + b"".join(b" %d" % (e.info.uid if uid else e.seq) for e in entries)
     if q.uses_modseq and entries:
@@ -1567,13 +1567,7 @@ async def cmd_thread(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     if algorithm != "REFERENCES":
         raise Bad(f"unknown threading algorithm {algorithm}")
     p.sp()
-    charset = p.astring().decode("utf-8", "replace").upper()
-    p.sp()
-    q = search.parse_query(p, allow_charset=False)
-    p.end()
-    # The whole command is parsed first, so a syntax error is BAD even with an unknown charset.
-    if charset not in search.CHARSETS:
-        raise No(f"charset {charset} is not supported", code=b"BADCHARSET (UTF-8 US-ASCII)")
+    q = _charset_and_query(p)
     roots = sort.thread_references(await _entries(s, view, q))
     s.untagged(b"THREAD " + sort.render_threads(roots, uid) if roots else b"THREAD")
     return None
