@@ -18,12 +18,14 @@ Two parts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
 import re
 import socket
 import ssl as ssl_mod
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -322,11 +324,14 @@ async def start_server(
     return server
 
 
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Address], Awaitable[None]]
+
+
 async def start_stream_server(
     services: Services,
     key: str,
     endpoint: Endpoint,
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Address], Awaitable[None]],
+    handler: StreamHandler,
     *,
     ssl: ssl_mod.SSLContext | None = None,
     limit: int = 2**16,
@@ -342,6 +347,30 @@ async def start_stream_server(
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=limit), connected)
 
     return await start_server(services, key, endpoint, factory, ssl=ssl, backlog=backlog)
+
+
+def limit_per_ip(counts: Counter[str], limit: int, refusal: bytes, handler: StreamHandler) -> StreamHandler:
+    """A :func:`start_stream_server` handler that runs ``handler`` for at most ``limit`` connections at a time
+    from one client address, counted in ``counts`` (which the listeners of one service share); a client over the
+    limit is sent ``refusal`` and its connection closed."""
+
+    async def limited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: Address) -> None:
+        ip = client[0]  # the peer, or the client named by a trusted proxy's PROXY header
+        if counts[ip] >= limit:
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(refusal)
+                await writer.drain()
+                writer.close()
+            return
+        counts[ip] += 1
+        try:
+            await handler(reader, writer, client)
+        finally:
+            counts[ip] -= 1
+            if counts[ip] <= 0:
+                del counts[ip]
+
+    return limited
 
 
 def peer_address(transport: asyncio.BaseTransport | asyncio.StreamWriter) -> Address:

@@ -32,15 +32,6 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: tuple[str, int]
     ) -> None:
         ip = client[0]  # the peer, or the client named by a trusted proxy's PROXY header
-        if per_ip[ip] >= limit:
-            try:
-                writer.write(b"* BYE too many connections from your address\r\n")
-                await writer.drain()
-                writer.close()
-            except (ConnectionError, OSError):
-                pass
-            return
-        per_ip[ip] += 1
         try:
             conn = Conn(reader, writer, tls=implicit, peer_ip=ip)
             session = Session(services, conn, starttls_allowed=not implicit)
@@ -51,16 +42,12 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
             pass
         except Exception:
             log.exception("IMAP connection from %s failed", ip)
-        finally:
-            per_ip[ip] -= 1
-            if per_ip[ip] <= 0:
-                del per_ip[ip]
 
     return await proxyproto.start_stream_server(
         services,
         "imaps" if implicit else "imap",
         endpoint,
-        handle,
+        proxyproto.limit_per_ip(per_ip, limit, b"* BYE too many connections from your address\r\n", handle),
         ssl=services.tls if implicit else None,
         limit=2**20,
     )

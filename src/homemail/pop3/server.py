@@ -499,29 +499,19 @@ async def start_listener(services: Services, endpoint: Endpoint, mode: str) -> a
     implicit = mode == "implicit"
     per_ip: Counter[str] = services.extras.setdefault("pop3.connections_per_ip", Counter())
 
+    refusal = POP3Error("Too many connections from your address", SYS_TEMP).line()
+
     async def handle(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: tuple[str, int]
     ) -> None:
         ip = client[0]  # the peer, or the client named by a trusted proxy's PROXY header
-        if per_ip[ip] >= MAX_CONNECTIONS_PER_IP:
-            with contextlib.suppress(ConnectionError, OSError):
-                writer.write(POP3Error("Too many connections from your address", SYS_TEMP).line())
-                await writer.drain()
-                writer.close()
-            return
-        per_ip[ip] += 1
-        try:
-            await Session(services, reader, writer, tls=implicit, stls=not implicit, peer_ip=ip).run()
-        finally:
-            per_ip[ip] -= 1
-            if per_ip[ip] <= 0:
-                del per_ip[ip]
+        await Session(services, reader, writer, tls=implicit, stls=not implicit, peer_ip=ip).run()
 
     return await proxyproto.start_stream_server(
         services,
         "pop3s" if implicit else "pop3",
         endpoint,
-        handle,
+        proxyproto.limit_per_ip(per_ip, MAX_CONNECTIONS_PER_IP, refusal, handle),
         ssl=services.tls if implicit else None,
         limit=services.config.pop3.max_line_length + 2,
     )
