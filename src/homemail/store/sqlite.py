@@ -785,14 +785,17 @@ class SQLiteStore(Store):
         return await self._read(read)
 
     async def mailbox_keywords(self, account_id: int, mailbox_id: int) -> list[str]:
-        def read(db: sqlite3.Connection) -> list[str]:
+        return await self._mailbox_column(
+            account_id, mailbox_id, "SELECT name FROM keyword WHERE mailbox_id = ? ORDER BY name"
+        )
+
+    async def _mailbox_column(self, account_id: int, mailbox_id: int, sql: str) -> list[Any]:
+        """The first column of the rows ``sql`` selects with the mailbox id as its one parameter; NotFound
+        unless the mailbox is the account's."""
+
+        def read(db: sqlite3.Connection) -> list[Any]:
             _own_mailbox(db, account_id, mailbox_id)
-            return [
-                r[0]
-                for r in db.execute(
-                    "SELECT name FROM keyword WHERE mailbox_id = ? ORDER BY name", (mailbox_id,)
-                )
-            ]
+            return [r[0] for r in db.execute(sql, (mailbox_id,))]
 
         return await self._read(read)
 
@@ -852,16 +855,9 @@ class SQLiteStore(Store):
         return await self._store_new(data, _append_job, account_id, mailbox_id, bits, keywords, when)
 
     async def list_uids(self, account_id: int, mailbox_id: int) -> list[int]:
-        def read(db: sqlite3.Connection) -> list[int]:
-            _own_mailbox(db, account_id, mailbox_id)
-            return [
-                r[0]
-                for r in db.execute(
-                    "SELECT uid FROM message WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
-                )
-            ]
-
-        return await self._read(read)
+        return await self._mailbox_column(
+            account_id, mailbox_id, "SELECT uid FROM message WHERE mailbox_id = ? ORDER BY uid"
+        )
 
     async def messages(
         self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None
@@ -1343,6 +1339,7 @@ def _insert_blob(
 
 def _insert_message(
     db: sqlite3.Connection,
+    ctx: _JobContext,
     mailbox_id: int,
     uid: int,
     blob_id: str,
@@ -1366,6 +1363,8 @@ def _insert_message(
             modseq,
         ),
     )
+    _add_keywords(db, mailbox_id, keywords)
+    ctx.touched.add(mailbox_id)
 
 
 def _target_mailbox(db: sqlite3.Connection, account_id: int, name: str) -> int | None:
@@ -1402,9 +1401,7 @@ def _deliver_job(
         inbox_id, uid, modseq = int(row[0]), int(row[1]), int(row[2])
         _insert_blob(db, ctx, blob_id, size, parsed, sha, 1)
         bits, keywords = split_flags(t.flags)
-        _insert_message(db, inbox_id, uid, blob_id, bits, keywords, when, size, modseq)
-        _add_keywords(db, inbox_id, keywords)
-        ctx.touched.add(inbox_id)
+        _insert_message(db, ctx, inbox_id, uid, blob_id, bits, keywords, when, size, modseq)
         return [(inbox_id, uid)]
     placed: list[tuple[int, int]] = []
     seen: set[int] = set()
@@ -1422,9 +1419,7 @@ def _deliver_job(
     for mailbox_id, t in resolved:
         bits, keywords = split_flags(t.flags)
         uid, modseq = _bump(db, mailbox_id, 1)
-        _insert_message(db, mailbox_id, uid, blob_id, bits, keywords, when, size, modseq)
-        _add_keywords(db, mailbox_id, keywords)
-        ctx.touched.add(mailbox_id)
+        _insert_message(db, ctx, mailbox_id, uid, blob_id, bits, keywords, when, size, modseq)
         placed.append((mailbox_id, uid))
     return placed
 
@@ -1445,9 +1440,7 @@ def _append_job(
     mb = _own_mailbox(db, account_id, mailbox_id)
     _insert_blob(db, ctx, blob_id, size, parsed, sha, 1)
     uid, modseq = _bump(db, mailbox_id, 1)
-    _insert_message(db, mailbox_id, uid, blob_id, bits, keywords, when, size, modseq)
-    _add_keywords(db, mailbox_id, keywords)
-    ctx.touched.add(mailbox_id)
+    _insert_message(db, ctx, mailbox_id, uid, blob_id, bits, keywords, when, size, modseq)
     return mb.uidvalidity, uid
 
 
