@@ -72,6 +72,19 @@ def read_password(prompt: bool, from_stdin: bool) -> str:
     return password
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+password_stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="read the password from the first line of standard input"
+)
+
+
+async def new_password_hashes(password_stdin: bool) -> tuple[str, str]:
+    """A new password (prompted for twice, or the first line of standard input) as (Argon2 hash, SCRAM record)."""
+    from homemail.auth import hash_password
+
+    return await asyncio.to_thread(hash_password, read_password(True, password_stdin))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -154,13 +167,10 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("address")
-@click.option(
-    "--password-stdin", is_flag=True, help="read the password from the first line of standard input"
-)
+@password_stdin_option
 @with_store
 async def user_add(store: Store, address: str, password_stdin: bool) -> None:
     from homemail import addresses
-    from homemail.auth import hash_password
 
     address = addresses.normalize(address)
     if not await store.is_local_domain(address.rpartition("@")[2]):
@@ -169,23 +179,19 @@ async def user_add(store: Store, address: str, password_stdin: bool) -> None:
         )
     if await store.get_account(address) is not None:
         raise LookupError(f"user {address} exists already")
-    argon, scram = await asyncio.to_thread(hash_password, read_password(True, password_stdin))
+    argon, scram = await new_password_hashes(password_stdin)
     account = await store.add_account(address, argon, scram)
     click.echo(f"added user {account.address}")
 
 
 @user.command("passwd")
 @click.argument("address")
-@click.option(
-    "--password-stdin", is_flag=True, help="read the password from the first line of standard input"
-)
+@password_stdin_option
 @with_store
 async def user_passwd(store: Store, address: str, password_stdin: bool) -> None:
-    from homemail.auth import hash_password
-
     if await store.get_account(address) is None:
         raise LookupError(f"no such user: {address}")
-    argon, scram = await asyncio.to_thread(hash_password, read_password(True, password_stdin))
+    argon, scram = await new_password_hashes(password_stdin)
     await store.set_password(address, argon, scram)
     click.echo(f"password changed for {address}")
 
@@ -491,7 +497,7 @@ async def dkim_remove(store: Store, domain: str, selector: str) -> None:
 
 @main.command("dns")
 @click.argument("domain")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @click.option("--zone", "zone_only", is_flag=True, help="only the zone-file snippet")
 @with_store
 async def dns_cmd(store: Store, domain: str, as_json: bool, zone_only: bool) -> None:
@@ -532,7 +538,7 @@ def _broken(found: Any) -> None:
 
 @report_group.command("dmarc")
 @click.argument("domain", required=False)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @with_store
 async def report_dmarc(store: Store, domain: str | None, as_json: bool) -> None:
     """DMARC aggregate reports: per sending address, how much mail passed and failed."""
@@ -573,7 +579,7 @@ async def report_dmarc(store: Store, domain: str | None, as_json: bool) -> None:
 
 @report_group.command("tls")
 @click.argument("domain", required=False)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @with_store
 async def report_tls(store: Store, domain: str | None, as_json: bool) -> None:
     """SMTP TLS reports (TLS-RPT): per policy, how many TLS sessions to your MX succeeded and failed, and why."""
@@ -610,7 +616,7 @@ async def report_tls(store: Store, domain: str | None, as_json: bool) -> None:
 
 @main.command("doctor")
 @click.argument("domain", required=False)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def doctor_cmd(domain: str | None, as_json: bool) -> None:
     """Check why mail from this server would be junked or refused (public address, reverse DNS, blocklists, port
     25, DNS records, certificate, open relay), and print the plan: deliver directly or through a relay. Every
@@ -675,7 +681,7 @@ def warmup_group() -> None:
 
 
 @warmup_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @with_store
 async def warmup_status(store: Store, as_json: bool) -> None:
     """Each provider's cap today, what was used of it, and its health."""
