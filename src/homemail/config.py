@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_FILE = "homemail.toml"
 
@@ -78,40 +78,37 @@ _SIZE_UNITS = {
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_size(value: object) -> int:
-    """Bytes, as an integer or a string such as ``"25MB"``."""
+_N = TypeVar("_N", int, float)
+
+
+def _quantity(value: object, convert: type[_N], units: dict[str, int], expected: str) -> _N:
+    """``value`` in base units, never negative: a number (a whole one unless ``convert`` is float), or a string
+    of one and one of the ``units``."""
     if isinstance(value, bool):
-        raise ValueError('expected a size such as 26214400 or "25MB"')
-    if isinstance(value, int):
-        n = value
+        raise ValueError(expected)
+    if isinstance(value, int) or (convert is float and isinstance(value, float)):
+        n = convert(value)
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
-        if not m or m.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError(f'expected a size such as 26214400 or "25MB", got {value!r}')
-        n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        number = r"\d+(?:\.\d+)?" if convert is float else r"\d+"
+        m = re.fullmatch(rf"\s*({number})\s*([A-Za-z]*)\s*", value)
+        if not m or m.group(2).lower() not in units:
+            raise ValueError(f"{expected}, got {value!r}")
+        n = convert(m.group(1)) * units[m.group(2).lower()]
     else:
-        raise ValueError('expected a size such as 26214400 or "25MB"')
+        raise ValueError(expected)
     if n < 0:
         raise ValueError("must not be negative")
     return n
+
+
+def parse_size(value: object) -> int:
+    """Bytes, as an integer or a string such as ``"25MB"``."""
+    return _quantity(value, int, _SIZE_UNITS, 'expected a size such as 26214400 or "25MB"')
 
 
 def parse_duration(value: object) -> float:
     """Seconds, as a number or a string such as ``"5m"``, ``"4h"``, ``"5d"``."""
-    if isinstance(value, bool):
-        raise ValueError('expected a duration such as 300 or "5m"')
-    if isinstance(value, int | float):
-        n = float(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
-        if not m or m.group(2).lower() not in _DURATION_UNITS:
-            raise ValueError(f'expected a duration such as 300 or "5m", got {value!r}')
-        n = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-    else:
-        raise ValueError('expected a duration such as 300 or "5m"')
-    if n < 0:
-        raise ValueError("must not be negative")
-    return n
+    return _quantity(value, float, _DURATION_UNITS, 'expected a duration such as 300 or "5m"')
 
 
 def _endpoint(value: object) -> Endpoint:
