@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from homemail import utf7
 from homemail.imap import encode, fetch, mailboxes, search, sort
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from homemail.server import Services
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VERSION = "0.1.0"
 NOT_AUTH, AUTH, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
@@ -458,6 +459,14 @@ def store_errors(e: StoreError) -> IMAPError:
     return No(str(e), code=b"SERVERBUG")
 
 
+async def _checked(call: Awaitable[T]) -> T:
+    """What the store ``call`` returns; a store error is answered with the NO it stands for."""
+    try:
+        return await call
+    except StoreError as e:
+        raise store_errors(e) from None
+
+
 # ================================================================================================================
 # Any state (RFC 9051 6.1)
 # ================================================================================================================
@@ -777,10 +786,7 @@ async def cmd_create(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     name = name.rstrip(mailboxes.SEP)
     if name == "INBOX":
         raise No("INBOX exists already", code=b"ALREADYEXISTS")
-    try:
-        await s.store.create_mailbox(s.account_id, name, special)
-    except StoreError as e:
-        raise store_errors(e) from None
+    await _checked(s.store.create_mailbox(s.account_id, name, special))
     return None
 
 
@@ -818,10 +824,7 @@ async def cmd_rename(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     p.end()
     if new == "INBOX":
         raise No("INBOX exists already", code=b"ALREADYEXISTS")
-    try:
-        await s.store.rename_mailbox(s.account_id, old, new)
-    except StoreError as e:
-        raise store_errors(e) from None
+    await _checked(s.store.rename_mailbox(s.account_id, old, new))
     return None
 
 
@@ -829,10 +832,7 @@ async def _set_subscribed(s: Session, p: Parser, subscribed: bool) -> Result:
     p.sp()
     name = s.decode_mailbox(p.astring())
     p.end()
-    try:
-        await s.store.set_subscribed(s.account_id, name, subscribed)
-    except StoreError as e:
-        raise store_errors(e) from None
+    await _checked(s.store.set_subscribed(s.account_id, name, subscribed))
     return None
 
 
@@ -1029,10 +1029,7 @@ async def cmd_append(s: Session, tag: bytes, p: Parser, uid: bool) -> Result:
     if len(data) > s.config.max_literal:
         raise No("message too large", code=b"TOOBIG")
     mb = await s.get_mailbox(name, trycreate=True)
-    try:
-        uidvalidity, new_uid = await s.store.append(s.account_id, mb.id, data, flags, when)
-    except StoreError as e:
-        raise store_errors(e) from None
+    uidvalidity, new_uid = await _checked(s.store.append(s.account_id, mb.id, data, flags, when))
     # RFC 4315 3: APPENDUID uidvalidity uid
     return (b"APPENDUID %d %d" % (uidvalidity, new_uid), "APPEND completed")
 
@@ -1380,13 +1377,8 @@ async def _copy_or_move(s: Session, p: Parser, uid: bool, move: bool) -> Result:
         raise No("the mailbox is read-only", code=b"READ-ONLY")
     if not uids:
         return None
-    try:
-        if move:
-            res = await s.store.move(s.account_id, view.mailbox.id, uids, dest.id)
-        else:
-            res = await s.store.copy(s.account_id, view.mailbox.id, uids, dest.id)
-    except StoreError as e:
-        raise store_errors(e) from None
+    transfer = s.store.move if move else s.store.copy
+    res = await _checked(transfer(s.account_id, view.mailbox.id, uids, dest.id))
     if not res.pairs:
         if uids and all(u in view.gone for u in uids):
             raise No("the messages were expunged by another session", code=b"EXPUNGEISSUED")
