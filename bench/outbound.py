@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import smtplib
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -36,16 +34,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from dnsserver import KnotServer  # noqa: E402  (the tests' knot wrapper: one zone file per domain)
+from processes import (  # noqa: E402  (the tests' process helpers)
+    cpu_seconds,
+    free_port,
+    homemail_cli,
+    start_homemail,
+    stop_process,
+    wait_ready,
+)
 
 A_IP, B_IP = "127.0.0.30", "127.0.0.31"
 SENDER, RECIPIENT = "bench@one.test", "inbox@two.test"
 PASSWORD = "bench-password"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class Homemail:
@@ -72,13 +72,7 @@ class Homemail:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, input: str | None = None) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "homemail", "--config", str(self.config_path), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = homemail_cli(self.config_path, *args, input=input)
         if result.returncode != 0:
             raise RuntimeError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
         return result.stdout
@@ -88,35 +82,20 @@ class Homemail:
         self.cli("user", "add", address, "--password-stdin", input=PASSWORD + "\n")
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "homemail", "--config", str(self.config_path), "serve"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            cwd=self.root,
-        )
-        log.close()
-        assert self.proc.stdout is not None
-        if b"homemail: ready" not in self.proc.stdout.readline():
+        self.proc = start_homemail(self.config_path, self.log_path, self.root)
+        problem = wait_ready(self.proc, 120)
+        if problem is not None:
             self.stop()
-            raise RuntimeError(f"homemail did not start: {self.log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"homemail {problem}: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self.proc is not None:
+            stop_process(self.proc, 30)
+            self.proc = None
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def messages(self) -> int:
         try:

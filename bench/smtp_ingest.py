@@ -34,8 +34,6 @@ import argparse
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +41,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from postfix_instance import POSTFIX, PostfixInstance  # noqa: E402  (the tests' throwaway Postfix)
+from processes import (  # noqa: E402  (the tests' process helpers)
+    cpu_seconds,
+    free_port,
+    homemail_cli,
+    start_homemail,
+    stop_process,
+    wait_port,
+    wait_ready,
+)
+
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 DOMAIN = "example.test"
 USER = f"bench@{DOMAIN}"
@@ -61,24 +71,6 @@ COUNTS = {
     (102400, 10): 1500,
     (102400, 50): 1500,
 }
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(host: str, port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {host}:{port}") from None
-            time.sleep(0.05)
 
 
 def count_files(*dirs: Path) -> int:
@@ -121,14 +113,7 @@ class Homemail:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, input: str | None = None) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "homemail", "--config", str(self.config_path), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=self.env,
-        )
+        result = homemail_cli(self.config_path, *args, input=input, env=self.env)
         if result.returncode != 0:
             raise RuntimeError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
         return result.stdout
@@ -138,33 +123,17 @@ class Homemail:
         self.cli("user", "add", USER, "--password-stdin", input="bench-password\n")
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "homemail", "--config", str(self.config_path), "serve"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            cwd=self.root,
-            env=self.env,
-        )
-        log.close()
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if b"homemail: ready" not in line:
+        self.proc = start_homemail(self.config_path, self.log_path, self.root, self.env)
+        problem = wait_ready(self.proc, 120)
+        if problem is not None:
             self.stop()
-            raise RuntimeError(f"homemail did not start: {self.log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"homemail {problem}: {self.log_path.read_text()[-2000:]}")
         wait_port(HOMEMAIL_HOST, self.port)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self.proc is not None:
+            stop_process(self.proc, 30)
+            self.proc = None
 
     @property
     def pid(self) -> int:
@@ -188,94 +157,46 @@ class Homemail:
         return 0.0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
 
-MASTER_CF = """\
-{host}:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
+# The smtpd listener; after the internal services, local and virtual(8), which delivers into the Maildir.
+LISTENER = "{host}:{port} inet n - n - - smtpd\n"
+DELIVERY_SERVICES = """\
 local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class Postfix:
-    """A throwaway Postfix instance: its own config, queue and data folders, delivering into a Maildir with
-    virtual(8) as the "nobody" uid. Listens only on POSTFIX_HOST:port.
-
-    inet_interfaces is "all" because Postfix refuses an address no interface has (127.0.0.2 is reachable on
-    Linux's lo but not configured on it); the only listener is the smtpd line in master.cf."""
+class Postfix(PostfixInstance):
+    """A throwaway Postfix instance (tests/postfix_instance.py) delivering into a Maildir with virtual(8) as the
+    "nobody" uid. Listens only on POSTFIX_HOST:port."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        super().__init__(root)
         root.mkdir(mode=0o755)
         self.port = free_port(POSTFIX_HOST)
-        self.etc = root / "etc"
-        self.queue = root / "queue"
-        self.data = root / "data"
         self.mail = root / "mail"
         self.maildir = self.mail / DOMAIN / "bench"
-        self.started = False
 
     def setup(self) -> None:
         nobody = pwd.getpwnam("nobody")
-        postfix = pwd.getpwnam("postfix")
-        os.chmod(self.root, 0o755)
-        for d in (self.etc, self.queue, self.data, self.mail):
-            d.mkdir(mode=0o755)
-        os.chown(self.data, postfix.pw_uid, postfix.pw_gid)
+        self.make_folders(self.mail)
         os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
         (self.etc / "vmailbox").write_text(f"{USER} {DOMAIN}/bench/\n")
-        (self.etc / "main.cf").write_text(
-            "\n".join(
-                [
-                    "compatibility_level = 3.6",
-                    f"config_directory = {self.etc}",
-                    f"queue_directory = {self.queue}",
-                    f"data_directory = {self.data}",
-                    "meta_directory = /etc/postfix",
-                    "mail_owner = postfix",
-                    "setgid_group = postdrop",
-                    "inet_interfaces = all",
-                    "inet_protocols = ipv4",
-                    "myhostname = postfix.bench.test",
-                    "mydestination =",
-                    "mynetworks = 127.0.0.0/8",
-                    "alias_maps =",
-                    "alias_database =",
-                    f"virtual_mailbox_domains = {DOMAIN}",
-                    f"virtual_mailbox_base = {self.mail}",
-                    f"virtual_mailbox_maps = texthash:{self.etc / 'vmailbox'}",
-                    f"virtual_uid_maps = static:{nobody.pw_uid}",
-                    f"virtual_gid_maps = static:{nobody.pw_gid}",
-                    "biff = no",
-                    "maillog_file_prefixes = /tmp",
-                    f"maillog_file = {self.root / 'maillog'}",
-                    "",
-                ]
-            )
+        self.write_config(
+            "postfix.bench.test",
+            [
+                "mynetworks = 127.0.0.0/8",
+                f"virtual_mailbox_domains = {DOMAIN}",
+                f"virtual_mailbox_base = {self.mail}",
+                f"virtual_mailbox_maps = texthash:{self.etc / 'vmailbox'}",
+                f"virtual_uid_maps = static:{nobody.pw_uid}",
+                f"virtual_gid_maps = static:{nobody.pw_gid}",
+            ],
+            LISTENER.format(host=POSTFIX_HOST, port=self.port),
+            DELIVERY_SERVICES,
         )
-        (self.etc / "master.cf").write_text(MASTER_CF.format(host=POSTFIX_HOST, port=self.port))
 
     def version(self) -> str:
         out = subprocess.run(
@@ -284,32 +205,11 @@ class Postfix:
         return out.stdout.strip()
 
     def start(self) -> None:
-        result = subprocess.run([POSTFIX, "-c", str(self.etc), "start"], capture_output=True, text=True)
-        if result.returncode != 0:
-            log = self.root / "maillog"
-            raise RuntimeError(
-                f"postfix start failed: {result.stderr}{log.read_text()[-2000:] if log.exists() else ''}"
-            )
-        self.started = True
+        self.start_postfix()
         wait_port(POSTFIX_HOST, self.port)
 
     def stop(self) -> None:
-        if not self.started:
-            return
-        pid_file = self.queue / "pid" / "master.pid"
-        try:
-            pid = int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pid = 0
-        subprocess.run([POSTFIX, "-c", str(self.etc), "stop"], capture_output=True)
-        deadline = time.monotonic() + 20
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        self.started = False
+        self.stop_postfix()
 
     def delivered(self) -> int:
         return count_files(self.maildir / "new")

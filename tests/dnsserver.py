@@ -20,7 +20,8 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from harness import free_port, require_peer
+from harness import require_peer
+from processes import free_port, stop_process
 
 KNOTD = "/usr/sbin/knotd"
 KNOTC = "/usr/sbin/knotc"
@@ -151,12 +152,7 @@ class KnotServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 10)
             self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
 

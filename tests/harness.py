@@ -8,25 +8,18 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from processes import free_port, homemail_cli, start_homemail, stop_process, wait_ready
+
 REPO = Path(__file__).resolve().parent.parent
 LISTENER_KEYS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def require_peer(*tools: str) -> None:
@@ -120,13 +113,7 @@ class ServerProcess:
     def cli(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "homemail", "--config", str(self.config_path), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = homemail_cli(self.config_path, *args, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
         return result
@@ -138,28 +125,12 @@ class ServerProcess:
         self.cli("user", "add", address, "--password-stdin", input=password + "\n")
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "homemail", "--config", str(self.config_path), "serve"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            cwd=self.root,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        buf = b""
-        while b"homemail: ready" not in buf:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"homemail exited with {self.proc.returncode}: {self.log()[-3000:]}")
-            if time.monotonic() > deadline:
+        self.proc = start_homemail(self.config_path, self.log_path, self.root)
+        problem = wait_ready(self.proc, timeout)
+        if problem is not None:
+            if self.proc.poll() is None:
                 self.kill()
-                raise RuntimeError(f"homemail did not start within {timeout}s: {self.log()[-3000:]}")
-            chunk = self.proc.stdout.read()
-            if chunk:
-                buf += chunk
-            else:
-                time.sleep(0.02)
+            raise RuntimeError(f"homemail {problem}: {self.log()[-3000:]}")
         return self
 
     def log(self) -> str:
@@ -171,14 +142,7 @@ class ServerProcess:
     def stop(self, timeout: float = 20) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = stop_process(self.proc, timeout)
         self.proc = None
         return code
 

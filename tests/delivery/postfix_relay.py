@@ -11,21 +11,19 @@ Runs as root: Postfix's master must; Postfix drops to its ``postfix`` user, Dove
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from harness import require_peer
+from postfix_instance import POSTFIX, PostfixInstance
+from processes import stop_process, wait_port
 
-POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
-MASTER_CF = """\
+LISTENERS = """\
 {host}:587 inet n - n - - smtpd
   -o smtpd_tls_security_level=encrypt
   -o smtpd_tls_auth_only=yes
@@ -36,43 +34,11 @@ MASTER_CF = """\
 {host}:2526 inet n - n - - smtpd
   -o smtpd_tls_security_level=may
   -o smtpd_sasl_auth_enable=no
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 """
+TLSMGR = "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
 
 
-def wait_port(host: str, port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {host}:{port}") from None
-            time.sleep(0.05)
-
-
-class PostfixRelay:
+class PostfixRelay(PostfixInstance):
     def __init__(
         self,
         host: str,
@@ -89,25 +55,11 @@ class PostfixRelay:
         self.username = username
         self.password = password
         self.refuse = refuse or {}
-        self.root = Path(tempfile.mkdtemp(prefix="homemail-relay-"))
-        self.etc = self.root / "etc"
-        self.queue = self.root / "queue"
-        self.data = self.root / "data"
+        super().__init__(Path(tempfile.mkdtemp(prefix="homemail-relay-")))
         self.dovecot_dir = self.root / "dovecot"
         self.auth_socket = self.dovecot_dir / "auth-client"
         self.ca_file = self.root / "ca.pem"
         self.dovecot: subprocess.Popen[bytes] | None = None
-        self.started = False
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "maillog"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def _certificate(self) -> tuple[Path, Path]:
         import trustme
@@ -122,55 +74,34 @@ class PostfixRelay:
         return cert_path, key_path
 
     def _write(self) -> None:
-        postfix = pwd.getpwnam("postfix")
         # Postfix's processes (as "postfix") must reach the auth socket and the maillog folder.
-        os.chmod(self.root, 0o755)
-        for d in (self.etc, self.queue, self.data, self.dovecot_dir):
-            d.mkdir(mode=0o755)
-        os.chown(self.data, postfix.pw_uid, postfix.pw_gid)
+        self.make_folders(self.dovecot_dir)
         cert, key = self._certificate()
         (self.etc / "recipient_access").write_text(
             "".join(f"{address} REJECT {text}\n" for address, text in self.refuse.items()) or "\n"
         )
-        (self.etc / "main.cf").write_text(
-            "\n".join(
-                [
-                    "compatibility_level = 3.6",
-                    f"config_directory = {self.etc}",
-                    f"queue_directory = {self.queue}",
-                    f"data_directory = {self.data}",
-                    "meta_directory = /etc/postfix",
-                    "mail_owner = postfix",
-                    "setgid_group = postdrop",
-                    "inet_interfaces = all",
-                    "inet_protocols = ipv4",
-                    f"myhostname = {self.name}",
-                    "mydestination =",
-                    # No client is trusted by address: relaying needs AUTH.
-                    "mynetworks = 192.0.2.1/32",
-                    "alias_maps =",
-                    "alias_database =",
-                    "smtpd_peername_lookup = no",
-                    "biff = no",
-                    f"relayhost = {self.onward}",
-                    "smtp_dns_support_level = disabled",
-                    f"smtp_bind_address = {self.host}",
-                    "smtp_tls_security_level = may",
-                    f"smtpd_tls_cert_file = {cert}",
-                    f"smtpd_tls_key_file = {key}",
-                    "smtpd_tls_received_header = yes",
-                    "smtpd_sasl_type = dovecot",
-                    f"smtpd_sasl_path = {self.auth_socket}",
-                    "smtpd_sasl_authenticated_header = yes",
-                    "smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination",
-                    f"smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/recipient_access",
-                    "maillog_file_prefixes = /tmp",
-                    f"maillog_file = {self.log_path}",
-                    "",
-                ]
-            )
+        self.write_config(
+            self.name,
+            [
+                # No client is trusted by address: relaying needs AUTH.
+                "mynetworks = 192.0.2.1/32",
+                "smtpd_peername_lookup = no",
+                f"relayhost = {self.onward}",
+                "smtp_dns_support_level = disabled",
+                f"smtp_bind_address = {self.host}",
+                "smtp_tls_security_level = may",
+                f"smtpd_tls_cert_file = {cert}",
+                f"smtpd_tls_key_file = {key}",
+                "smtpd_tls_received_header = yes",
+                "smtpd_sasl_type = dovecot",
+                f"smtpd_sasl_path = {self.auth_socket}",
+                "smtpd_sasl_authenticated_header = yes",
+                "smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination",
+                f"smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/recipient_access",
+            ],
+            LISTENERS.format(host=self.host),
+            TLSMGR,
         )
-        (self.etc / "master.cf").write_text(MASTER_CF.format(host=self.host))
         (self.dovecot_dir / "passwd").write_text(f"{self.username}:{{PLAIN}}{self.password}\n")
         (self.dovecot_dir / "dovecot.conf").write_text(
             f"base_dir = {self.dovecot_dir}/run\n"
@@ -214,11 +145,11 @@ class PostfixRelay:
                 self.stop()
                 raise RuntimeError(f"dovecot auth did not start: {self._dovecot_errors()}")
             time.sleep(0.05)
-        result = subprocess.run([POSTFIX, "-c", str(self.etc), "start"], capture_output=True, text=True)
-        if result.returncode != 0:
+        try:
+            self.start_postfix()
+        except RuntimeError:
             self.stop()
-            raise RuntimeError(f"postfix start failed: {result.stderr}{self.log()[-2000:]}")
-        self.started = True
+            raise
         for port in (587, 2525, 2526):
             wait_port(self.host, port)
         return self
@@ -232,27 +163,8 @@ class PostfixRelay:
         return out
 
     def stop(self) -> None:
-        if self.started:
-            pid_file = self.queue / "pid" / "master.pid"
-            try:
-                pid = int(pid_file.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pid = 0
-            subprocess.run([POSTFIX, "-c", str(self.etc), "stop"], capture_output=True)
-            deadline = time.monotonic() + 20
-            while pid and time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            self.started = False
+        self.stop_postfix()
         if self.dovecot is not None:
-            self.dovecot.terminate()
-            try:
-                self.dovecot.wait(10)
-            except subprocess.TimeoutExpired:
-                self.dovecot.kill()
-                self.dovecot.wait()
+            stop_process(self.dovecot, 10)
             self.dovecot = None
         shutil.rmtree(self.root, ignore_errors=True)

@@ -20,6 +20,7 @@ import pytest
 from dnsserver import KnotServer
 from harness import ServerProcess, free_port, require_peer
 from homemail.mailauth import rspamd
+from processes import stop_process
 
 RSPAMD = "/usr/bin/rspamd"
 RCPT = "user@local.test"
@@ -96,12 +97,7 @@ class Rspamd:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 15)
             self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trustme
 
-from harness import free_port
+from processes import free_port, stop_process
 
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -118,12 +118,7 @@ service imap-login {{
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 10)
             self.proc = None
         if os.environ.get("HOMEMAIL_KEEP_DOVECOT") != "1":
             shutil.rmtree(self.work, ignore_errors=True)
