@@ -23,7 +23,6 @@ import shutil
 import smtplib
 import sqlite3
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,28 +33,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from dnsserver import KnotServer  # noqa: E402  (the tests' knot wrapper: one zone file per domain)
-from processes import (  # noqa: E402  (the tests' process helpers)
-    cpu_seconds,
-    free_port,
-    homemail_cli,
-    start_homemail,
-    stop_process,
-    wait_ready,
-)
+from processes import HomemailServer, free_port  # noqa: E402  (the tests' process helpers)
 
 A_IP, B_IP = "127.0.0.30", "127.0.0.31"
 SENDER, RECIPIENT = "bench@one.test", "inbox@two.test"
 PASSWORD = "bench-password"
 
 
-class Homemail:
+class Homemail(HomemailServer):
     def __init__(self, root: Path, host: str, hostname: str, nameserver: str, fsync: bool) -> None:
-        self.root = root
-        root.mkdir()
+        super().__init__(root)
         self.host = host
-        self.data_dir = root / "data"
-        self.config_path = root / "homemail.toml"
-        self.log_path = root / "server.log"
         self.submission = free_port(host)
         self.config_path.write_text(
             f'hostname = "{hostname}"\n'
@@ -69,33 +57,10 @@ class Homemail:
             f'\n[delivery]\nsource_ipv4 = "{host}"\n'
             f"\n[storage]\nfsync = {'true' if fsync else 'false'}\n"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str, input: str | None = None) -> str:
-        result = homemail_cli(self.config_path, *args, input=input)
-        if result.returncode != 0:
-            raise RuntimeError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
-        return result.stdout
 
     def add_user(self, address: str) -> None:
         self.cli("domain", "add", address.rpartition("@")[2])
         self.cli("user", "add", address, "--password-stdin", input=PASSWORD + "\n")
-
-    def start(self) -> None:
-        self.proc = start_homemail(self.config_path, self.log_path, self.root)
-        problem = wait_ready(self.proc, 120)
-        if problem is not None:
-            self.stop()
-            raise RuntimeError(f"homemail {problem}: {self.log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 30)
-            self.proc = None
-
-    def cpu_seconds(self) -> float:
-        assert self.proc is not None
-        return cpu_seconds(self.proc.pid)
 
     def messages(self) -> int:
         try:

@@ -44,15 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from postfix_instance import POSTFIX, PostfixInstance  # noqa: E402  (the tests' throwaway Postfix)
-from processes import (  # noqa: E402  (the tests' process helpers)
-    cpu_seconds,
-    free_port,
-    homemail_cli,
-    start_homemail,
-    stop_process,
-    wait_port,
-    wait_ready,
-)
+from processes import HomemailServer, free_port, wait_port  # noqa: E402  (the tests' process helpers)
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
@@ -84,19 +76,15 @@ def count_files(*dirs: Path) -> int:
     return n
 
 
-class Homemail:
+class Homemail(HomemailServer):
     """A homemail server process with default settings (fsync on), one local domain and one user."""
 
     def __init__(self, root: Path, src: Path | None = None, checks: bool = False) -> None:
-        self.root = root
-        root.mkdir()
-        self.env = dict(os.environ)
+        env = dict(os.environ)
         if src is not None:
-            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+        super().__init__(root, env)
         self.port = free_port(HOMEMAIL_HOST)
-        self.data_dir = root / "data"
-        self.config_path = root / "homemail.toml"
-        self.log_path = root / "server.log"
         # Only what a benchmark on one address needs: 50 parallel connections come from one client IP.
         self.config_path.write_text(
             f'hostname = "mx.bench.test"\n'
@@ -110,35 +98,14 @@ class Homemail:
             f"\n[dmarc]\n"
             f"enabled = {'true' if checks else 'false'}\n"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str, input: str | None = None) -> str:
-        result = homemail_cli(self.config_path, *args, input=input, env=self.env)
-        if result.returncode != 0:
-            raise RuntimeError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
-        return result.stdout
 
     def setup(self) -> None:
         self.cli("domain", "add", DOMAIN)
         self.cli("user", "add", USER, "--password-stdin", input="bench-password\n")
 
-    def start(self) -> None:
-        self.proc = start_homemail(self.config_path, self.log_path, self.root, self.env)
-        problem = wait_ready(self.proc, 120)
-        if problem is not None:
-            self.stop()
-            raise RuntimeError(f"homemail {problem}: {self.log_path.read_text()[-2000:]}")
+    def start(self, timeout: float = 120) -> None:
+        super().start(timeout)
         wait_port(HOMEMAIL_HOST, self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 30)
-            self.proc = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def delivered(self) -> int:
         blobs = self.data_dir / "blobs"
@@ -155,9 +122,6 @@ class Homemail:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
 
 
 # The smtpd listener; after the internal services, local and virtual(8), which delivers into the Maildir.

@@ -103,3 +103,44 @@ def cpu_seconds(pid: int) -> float:
     """User and system CPU time the process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class HomemailServer:
+    """A homemail server the benchmarks run: its folder ``root`` (created here) holds homemail.toml, which the
+    user writes, data/ and server.log. ``env`` is the environment of its processes (None: this one's)."""
+
+    def __init__(self, root: Path, env: Mapping[str, str] | None = None) -> None:
+        self.root = root
+        root.mkdir()
+        self.env = env
+        self.data_dir = root / "data"
+        self.config_path = root / "homemail.toml"
+        self.log_path = root / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, input: str | None = None) -> str:
+        """A ``homemail`` command's output; RuntimeError when it fails."""
+        result = homemail_cli(self.config_path, *args, input=input, env=self.env)
+        if result.returncode != 0:
+            raise RuntimeError(f"homemail {' '.join(args)} failed: {result.stderr or result.stdout}")
+        return result.stdout
+
+    def start(self, timeout: float = 120) -> None:
+        self.proc = start_homemail(self.config_path, self.log_path, self.root, self.env)
+        problem = wait_ready(self.proc, timeout)
+        if problem is not None:
+            self.stop()
+            raise RuntimeError(f"homemail {problem}: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
+            self.proc = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
