@@ -6,8 +6,10 @@ A test module starts its servers once (module-scoped fixtures) and talks to them
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +32,14 @@ def require_peer(*tools: str) -> None:
         if os.environ.get("HOMEMAIL_REQUIRE_PEERS") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def no_verify() -> ssl.SSLContext:
+    """A TLS client context that takes any certificate (the test servers' are self-signed)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def toml_value(v: Any) -> str:
@@ -72,6 +82,12 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
         else:
             base[k] = v
     return base
+
+
+def _uid_of(name: str) -> int:
+    """The UID in the name of a file ``homemail export`` wrote."""
+    m = re.search(r"\.M(\d+)P", name)
+    return int(m.group(1)) if m else 0
 
 
 class ServerProcess:
@@ -123,6 +139,20 @@ class ServerProcess:
         if domain not in self.cli("domain", "list").stdout.split():
             self.cli("domain", "add", domain)
         self.cli("user", "add", address, "--password-stdin", input=password + "\n")
+
+    def export(self, address: str) -> dict[str, list[bytes]]:
+        """``homemail export`` of a user's folders (LF line endings), by folder, by ascending UID."""
+        work = Path(tempfile.mkdtemp(prefix="homemail-export-"))
+        try:
+            self.cli("export", address, str(work / "m"))
+            out: dict[str, list[bytes]] = {}
+            for cur in (work / "m").rglob("cur"):
+                folder = "INBOX" if cur.parent == work / "m" else cur.parent.name
+                files = sorted(cur.iterdir(), key=lambda p: _uid_of(p.name))
+                out[folder] = [p.read_bytes() for p in files]
+            return out
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def start(self, timeout: float = 30) -> ServerProcess:
         self.proc = start_homemail(self.config_path, self.log_path, self.root)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ServerProcess, free_port, require_peer
+from harness import ServerProcess, free_port, no_verify, require_peer
 
 HAPROXY = "/usr/sbin/haproxy"
 USER, PASSWORD = "alice@example.org", "password"
@@ -114,10 +113,7 @@ class Line:
     def __init__(self, port: int, source: str, tls: bool = False) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
         if tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            sock = ctx.wrap_socket(sock)
+            sock = no_verify().wrap_socket(sock)
         self.sock = sock
         self.file = sock.makefile("rb")
 
@@ -174,11 +170,12 @@ def test_smtp_received_shows_the_client_for_both_versions(servers: tuple[ServerP
 
 def test_implicit_tls_after_the_header(servers: tuple[ServerProcess, HAProxy]) -> None:
     _, proxy = servers
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     with smtplib.SMTP_SSL(
-        "127.0.0.1", proxy.ports["submissions2"], timeout=30, context=ctx, source_address=("127.0.0.7", 0)
+        "127.0.0.1",
+        proxy.ports["submissions2"],
+        timeout=30,
+        context=no_verify(),
+        source_address=("127.0.0.7", 0),
     ) as smtp:
         code, _ = smtp.ehlo("client.example")
         assert code == 250

@@ -13,12 +13,8 @@ import asyncio
 import concurrent.futures
 import random
 import re
-import shutil
 import smtplib
-import socket
 import sqlite3
-import ssl
-import tempfile
 import threading
 import time
 import uuid
@@ -26,7 +22,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any, TypeVar
 
 import dkim
@@ -34,7 +29,8 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from harness import ServerProcess
+import smtpclient
+from harness import ServerProcess, deep_merge, no_verify
 
 T = TypeVar("T")
 
@@ -93,7 +89,7 @@ class Homemail(ServerProcess):
             base["listen"] = {"smtp": f"{host}:25"}
         if nameserver is not None:
             base["dns"] = {"nameservers": [nameserver], "timeout": "3s"}
-        _merge(base, config or {})
+        deep_merge(base, config or {})
         super().__init__(listeners=listeners, config=base, host=host, hostname=hostname)
         if "smtp" in listeners:
             self.ports["smtp"] = 25
@@ -192,34 +188,6 @@ class Homemail(ServerProcess):
     @property
     def hostname(self) -> str:
         return str(self.config["hostname"])
-
-    def export(self, address: str) -> dict[str, list[bytes]]:
-        """``homemail export`` of a user's folders (LF line endings), by folder, by ascending UID."""
-        work = Path(tempfile.mkdtemp(prefix="homemail-export-"))
-        try:
-            self.cli("export", address, str(work / "m"))
-            out: dict[str, list[bytes]] = {}
-            for cur in (work / "m").rglob("cur"):
-                folder = "INBOX" if cur.parent == work / "m" else cur.parent.name
-                files = sorted(cur.iterdir(), key=lambda p: _uid_of(p.name))
-                out[folder] = [p.read_bytes() for p in files]
-            return out
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _uid_of(name: str) -> int:
-    m = re.search(r"\.M(\d+)P", name)
-    return int(m.group(1)) if m else 0
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
-    return base
 
 
 def start_all(*servers: ServerProcess) -> None:
@@ -346,67 +314,17 @@ def received_fields(message: bytes) -> list[str]:
     return [" ".join(str(v).split()) for v in msg.get_all("Received", [])]
 
 
-class Raw:
-    """A line-level SMTP client: exact commands, replies as (code, text); optionally from a chosen source
-    address (any 127.0.0.x is ours on Linux), so throttles per client IP can be tested."""
+class Raw(smtpclient.Raw):
+    """tests/smtpclient.py's client with the sending tests' defaults: a host to name, a 30 s timeout,
+    EHLO client.test."""
+
+    ehlo_name = "client.test"
 
     def __init__(self, port: int, host: str, source: str | None = None, tls: bool = False) -> None:
-        self.sock = socket.create_connection(
-            (host, port), timeout=30, source_address=(source, 0) if source else None
-        )
-        if tls:
-            self.sock = no_verify().wrap_socket(self.sock)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.reply()
-
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
-
-    def reply(self) -> tuple[int, str]:
-        lines = []
-        while True:
-            line = self.file.readline()
-            if not line:
-                return (0, "\n".join(lines))
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            lines.append(text[4:])
-            if len(text) < 4 or text[3] == " ":
-                return (int(text[:3]), "\n".join(lines))
-
-    def cmd(self, line: str) -> tuple[int, str]:
-        self.send(line.encode() + b"\r\n")
-        return self.reply()
-
-    def ehlo(self, name: str = "client.test") -> tuple[int, str]:
-        return self.cmd(f"EHLO {name}")
-
-    def starttls(self) -> None:
-        code, text = self.cmd("STARTTLS")
-        assert code == 220, (code, text)
-        self.sock = no_verify().wrap_socket(self.sock)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self) -> Raw:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(port, host, timeout=30, source=source, tls=tls)
 
 
 # --- submitting ------------------------------------------------------------------------------------------
-
-
-def no_verify() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def compose(

@@ -25,7 +25,10 @@ def _hashes() -> tuple[str, str]:
     return hash_password(PASSWORD)
 
 
-def add_accounts(server: ServerProcess, addresses: list[str]) -> None:
+def add_accounts(server: ServerProcess, addresses: list[str], password: str = PASSWORD) -> None:
+    """Accounts in DOMAIN (made if need be), straight in the store; a password other than PASSWORD costs one
+    argon2 hash."""
+    from homemail.auth import hash_password
     from homemail.store.sqlite import SQLiteStore
 
     async def run() -> None:
@@ -34,7 +37,7 @@ def add_accounts(server: ServerProcess, addresses: list[str]) -> None:
         try:
             if DOMAIN not in {d.name for d in await store.list_domains()}:
                 await store.add_domain(DOMAIN)
-            pw, scram = _hashes()
+            pw, scram = _hashes() if password == PASSWORD else hash_password(password)
             for a in addresses:
                 await store.add_account(a, pw, scram)
         finally:

@@ -3,10 +3,12 @@ each against the response grammar's outline (RFC 9051 9: continue-req / response
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
-import ssl
 import zlib
+
+from harness import no_verify
 
 _TAGGED = re.compile(
     rb"^[^(){ \x00-\x1f\x7f%*\"\\+]+ (OK|NO|BAD)( \[[^\]\r\n]*(\][^\r\n]*)?)? ?[^\r\n]*\r\n$"
@@ -36,15 +38,21 @@ def well_formed(line: bytes, tag: bytes | None = None) -> bool:
 
 
 class Raw:
-    def __init__(self, port: int, host: str = "127.0.0.1", tls: bool = False, timeout: float = 10) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        tls: bool = False,
+        timeout: float = 10,
+        source: str | None = None,
+    ) -> None:
+        sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         # A command and its CRLF may go out in two writes: without this, Nagle holds the second for ~40 ms.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            sock = ctx.wrap_socket(sock)
+            sock = no_verify().wrap_socket(sock)
         self.sock: socket.socket = sock
         self.buf = b""
         self.n = 0
@@ -141,3 +149,19 @@ class Raw:
             self.sock.close()
         except OSError:
             pass
+
+
+_sources = itertools.count(2)
+
+
+def new_source() -> str:
+    """A loopback address no connection of these tests has come from yet (127.0.x.y)."""
+    n = next(_sources)
+    return f"127.0.{n // 250 + 1}.{n % 250 + 2}"
+
+
+class RawFrom(Raw):
+    """Raw, connected from a chosen loopback address, or a new one (Linux routes all of 127/8 to lo)."""
+
+    def __init__(self, port: int, source: str | None = None, tls: bool = False) -> None:
+        super().__init__(port, tls=tls, source=source or new_source())

@@ -8,53 +8,21 @@ Each test speaks from its own loopback address (127.0.x.y), so one test's failed
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from harness import ServerProcess
+from harness import ServerProcess, no_verify
 from imap.imaputil import DOMAIN, PASSWORD, add_accounts, message, start_server
-from imap.rawclient import Raw
+from imap.rawclient import Raw, RawFrom, new_source
 
 FAILURE_DELAY = 0.15
 MAX_FAILURES = 3
 FAILURE_WINDOW = 60.0  # the window's end is tested with a fake clock, below
 _users = itertools.count(1)
-_sources = itertools.count(2)
-
-
-def _no_verify() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class RawFrom(Raw):
-    """Raw, connected from a chosen loopback address (Linux routes all of 127/8 to lo)."""
-
-    def __init__(self, port: int, source: str, tls: bool = False) -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls:
-            sock = _no_verify().wrap_socket(sock)
-        self.sock = sock
-        self.buf = b""
-        self.n = 0
-        self.inflate = None
-        self.deflate = None
-        self.greeting = self.response()
-
-
-def new_source() -> str:
-    n = next(_sources)
-    return f"127.0.{n // 250 + 1}.{n % 250 + 2}"
 
 
 def b64(data: str | bytes) -> str:
@@ -98,23 +66,6 @@ def user(server: ServerProcess) -> str:
 @pytest.fixture
 def client(server: ServerProcess) -> Raw:
     return RawFrom(server.port("imap"), new_source())
-
-
-def add_account_with_password(server: ServerProcess, address: str, password: str) -> None:
-    from homemail.auth import hash_password
-    from homemail.store.sqlite import SQLiteStore
-
-    async def run() -> None:
-        store = SQLiteStore(server.data_dir, fsync=False)
-        await store.open()
-        try:
-            if DOMAIN not in {d.name for d in await store.list_domains()}:
-                await store.add_domain(DOMAIN)
-            await store.add_account(address, *hash_password(password))
-        finally:
-            await store.close()
-
-    asyncio.run(run())
 
 
 def logged_in(tagged: bytes, tag: bytes) -> None:
@@ -175,7 +126,7 @@ def test_login_syntax_errors(client: Raw, user: str) -> None:
 def test_login_password_with_specials_and_utf8(server: ServerProcess) -> None:
     address = f"special{next(_users)}@{DOMAIN}"
     password = 'p"a\\ss wörd'
-    add_account_with_password(server, address, password)
+    add_accounts(server, [address], password)
     source = new_source()
     c = RawFrom(server.port("imap"), source)
     # quoted-specials escaped; UTF-8 in a quoted string (RFC 9051 9: QUOTED-CHAR includes UTF8-2)
@@ -405,7 +356,7 @@ def test_logindisabled_before_starttls(strict: ServerProcess) -> None:
     # STARTTLS, then the same LOGIN works.
     _, tagged = c.cmd("STARTTLS")
     assert tagged == b"t6 OK Begin TLS negotiation now\r\n"
-    c.sock = _no_verify().wrap_socket(c.sock)
+    c.sock = no_verify().wrap_socket(c.sock)
     untagged, _ = c.cmd("CAPABILITY")
     caps = untagged[0].split()
     assert b"AUTH=PLAIN" in caps and b"AUTH=LOGIN" in caps
@@ -440,7 +391,7 @@ def test_commands_pipelined_after_starttls_are_not_run(strict: ServerProcess) ->
     c.send(b"a STARTTLS\r\nb LOGIN " + address.encode() + b" " + PASSWORD.encode() + b"\r\nc NOOP\r\n")
     assert c.response() == b"a OK Begin TLS negotiation now\r\n"
     assert c.buf == b""
-    c.sock = _no_verify().wrap_socket(c.sock)
+    c.sock = no_verify().wrap_socket(c.sock)
     untagged, tagged = c.cmd("SELECT INBOX")
     assert untagged == [] and tagged == b"t1 BAD SELECT is not allowed in the not authenticated state\r\n"
     assert c.cmd("NOOP") == ([], b"t2 OK NOOP completed\r\n")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
-import ssl
 import time
 import zlib
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import pytest
 
 from harness import ServerProcess
 from imap.imaputil import DOMAIN, add_accounts, message, start_server
-from imap.rawclient import Raw, well_formed
+from imap.rawclient import Raw, RawFrom, new_source, well_formed
 
 MAX_LITERAL = 4000
 MAX_LINE = 1000
@@ -29,33 +27,6 @@ CONNECTIONS_PER_IP = 3
 RATE = 8
 IDLE_TIMEOUT = 1.0
 _users = itertools.count(1)
-_sources = itertools.count(2)
-
-
-class RawFrom(Raw):
-    """Raw, connected from a chosen loopback address (Linux routes all of 127/8 to lo)."""
-
-    def __init__(self, port: int, source: str | None = None, tls: bool = False) -> None:
-        sock = socket.create_connection(
-            ("127.0.0.1", port), timeout=10, source_address=(source or new_source(), 0)
-        )
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            sock = ctx.wrap_socket(sock)
-        self.sock = sock
-        self.buf = b""
-        self.n = 0
-        self.inflate = None
-        self.deflate = None
-        self.greeting = self.response()
-
-
-def new_source() -> str:
-    n = next(_sources)
-    return f"127.0.{n // 250 + 1}.{n % 250 + 2}"
 
 
 def closed_after(c: Raw, expect: list[bytes], within: float = 5.0) -> None:

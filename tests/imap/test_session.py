@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import imaplib
-import ssl
 import zlib
 from collections.abc import Iterator
 
 import pytest
 from imapclient import IMAPClient
 
-from harness import ServerProcess
+from harness import ServerProcess, no_verify
 from imap.imaputil import PASSWORD, add_accounts, start_server
 from imap.rawclient import Raw
 
@@ -40,13 +39,6 @@ EXPECTED = [
     "STATUS=SIZE",
     "COMPRESS=DEFLATE",
 ]
-
-
-def _no_verify() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def test_greeting_has_capabilities(server: ServerProcess) -> None:
@@ -114,7 +106,7 @@ def test_authenticate_login(server: ServerProcess, user: str) -> None:
 
 def test_imaplib_login_and_starttls(server: ServerProcess, user: str) -> None:
     m = imaplib.IMAP4("127.0.0.1", server.port("imap"))
-    m.starttls(_no_verify())
+    m.starttls(no_verify())
     assert "STARTTLS" not in m.capabilities
     assert m.login(user, PASSWORD)[0] == "OK"
     assert m.select("INBOX")[0] == "OK"
@@ -122,7 +114,7 @@ def test_imaplib_login_and_starttls(server: ServerProcess, user: str) -> None:
 
 
 def test_implicit_tls_with_imapclient(server: ServerProcess, user: str) -> None:
-    with IMAPClient("127.0.0.1", port=server.port("imaps"), ssl=True, ssl_context=_no_verify()) as c:
+    with IMAPClient("127.0.0.1", port=server.port("imaps"), ssl=True, ssl_context=no_verify()) as c:
         assert b"STARTTLS" not in c.capabilities()
         c.login(user, PASSWORD)
         assert c.has_capability("IDLE")
@@ -136,7 +128,7 @@ def test_starttls_discards_pipelined_plaintext(server: ServerProcess) -> None:
     c = Raw(server.port("imap"))
     c.send(b"a STARTTLS\r\nb CAPABILITY\r\n")
     assert c.response() == b"a OK Begin TLS negotiation now\r\n"
-    tls = _no_verify().wrap_socket(c.sock)
+    tls = no_verify().wrap_socket(c.sock)
     tls.sendall(b"c NOOP\r\n")
     data = tls.recv(1000)
     assert data == b"c OK NOOP completed\r\n"
@@ -202,7 +194,7 @@ def test_logindisabled_before_tls(strict_server: ServerProcess) -> None:
     )
     assert tagged.startswith(b"t2 NO")
     m = imaplib.IMAP4("127.0.0.1", strict_server.port("imap"))
-    m.starttls(_no_verify())
+    m.starttls(no_verify())
     assert "LOGINDISABLED" not in m.capabilities and "AUTH=PLAIN" in m.capabilities
     assert m.login("strict@example.test", PASSWORD)[0] == "OK"
     m.logout()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import ServerProcess, deep_merge
+from harness import ServerProcess, deep_merge, no_verify
 from homemail.store import DeliveryTarget
 from homemail.store.sqlite import SQLiteStore
 from imap.imaputil import DOMAIN, PASSWORD, _counter, add_accounts
@@ -31,13 +31,6 @@ def new_user(server: ServerProcess) -> str:
     address = f"pop{next(_counter)}@{DOMAIN}"
     add_accounts(server, [address])
     return address
-
-
-def client_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Raw:
@@ -60,7 +53,7 @@ class Raw:
         sock.connect(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
-            sock = client_context().wrap_socket(sock)
+            sock = no_verify().wrap_socket(sock)
         self.sock: socket.socket = sock
         self.buf = b""
         self.greeting = self.line()
@@ -110,7 +103,7 @@ class Raw:
     def stls(self) -> None:
         assert self.cmd("STLS").startswith(b"+OK")
         assert not self.buf
-        self.sock = client_context().wrap_socket(self.sock)
+        self.sock = no_verify().wrap_socket(self.sock)
 
     def closed(self, timeout: float = 5) -> bool:
         """True when the server closes the connection within ``timeout`` (what it sent meanwhile is kept)."""

@@ -23,7 +23,6 @@ import pytest
 from pop3_helpers import (
     PASSWORD,
     Raw,
-    client_context,
     deliver,
     imap,
     imap_flags,
@@ -37,7 +36,7 @@ from pop3_helpers import (
     wait_for,
 )
 
-from harness import ServerProcess, require_peer
+from harness import ServerProcess, no_verify, require_peer
 from imap.imaputil import message
 
 RESPONSE = re.compile(rb"^(\+OK|-ERR)( [\x20-\x7e\x80-\xff]*)?\r\n$")
@@ -100,7 +99,7 @@ def test_poplib_over_stls_and_pop3s(pop3_server: ServerProcess, user: str) -> No
     data = message(subject="poplib")
     put(pop3_server, user, data)
     p = poplib.POP3("127.0.0.1", pop3_server.port("pop3"), timeout=10)
-    p.stls(client_context())
+    p.stls(no_verify())
     assert "STLS" not in p.capa()
     p.user(user)
     p.pass_(PASSWORD)
@@ -109,7 +108,7 @@ def test_poplib_over_stls_and_pop3s(pop3_server: ServerProcess, user: str) -> No
     assert b"\r\n".join(lines) + b"\r\n" == data
     assert octets >= len(data)
     p.quit()
-    s = poplib.POP3_SSL("127.0.0.1", pop3_server.port("pop3s"), context=client_context(), timeout=10)
+    s = poplib.POP3_SSL("127.0.0.1", pop3_server.port("pop3s"), context=no_verify(), timeout=10)
     s.user(user)
     s.pass_(PASSWORD)
     assert s.uidl()[1] and s.list()[1] == [b"1 %d" % len(data)]
@@ -694,7 +693,7 @@ def test_fuzzed_lines_never_crash_the_session(pop3_server: ServerProcess, user: 
             if (verb == b"QUIT" and reply.startswith(b"+OK")) or reply.startswith(b"-ERR Too many errors"):
                 raise EOFError
             if verb == b"STLS" and reply.startswith(b"+OK"):
-                c.sock = client_context().wrap_socket(c.sock)
+                c.sock = no_verify().wrap_socket(c.sock)
         except (EOFError, OSError):
             c.close()
             c = connect()

@@ -8,9 +8,10 @@ import subprocess
 import uuid
 
 import pytest
-from smtp_helpers import Raw, body_of, find, headers_of, inbox
+from smtp_helpers import body_of, find, headers_of, inbox
 
 from harness import ServerProcess, require_peer
+from smtpclient import Raw
 
 
 def marker() -> bytes:

@@ -8,15 +8,15 @@ Two servers: ``limits`` (small size, recipient, line, error and connection limit
 from __future__ import annotations
 
 import select
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from smtp_helpers import Raw, body_of, find, inbox
+from smtp_helpers import body_of, find, inbox
 
 from harness import ServerProcess
+from smtpclient import Raw
 
 LIMIT = 64 * 1024
 MAX_RCPT = 3
@@ -63,15 +63,6 @@ def timeouts() -> Iterator[ServerProcess]:
         server.stop()
 
 
-class RawFrom(Raw):
-    """:class:`Raw` from a chosen loopback source address, so a test can own a client address's count."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15.0, source_address=(source, 0))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.reply()
-
-
 Connect = Callable[..., Raw]
 
 
@@ -81,7 +72,8 @@ def connect() -> Iterator[Connect]:
     opened: list[Raw] = []
 
     def open_client(server: ServerProcess, source: str = "127.0.0.1") -> Raw:
-        client = RawFrom(server.port("smtp"), source)
+        # From a chosen loopback source address, so a test can own a client address's count.
+        client = Raw(server.port("smtp"), source=source)
         opened.append(client)
         return client
 

@@ -8,9 +8,10 @@ import time
 import uuid
 
 import pytest
-from smtp_helpers import Raw, find, inbox
+from smtp_helpers import find, inbox
 
 from harness import ServerProcess, require_peer
+from smtpclient import Raw
 
 
 def send(mx: ServerProcess, sender: str, rcpts: list[str], marker: str) -> dict[str, tuple[int, bytes]]:

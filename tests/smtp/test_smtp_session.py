@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from smtp_helpers import Raw
 
 from harness import ServerProcess
+from smtpclient import Raw
 
 
 @pytest.fixture

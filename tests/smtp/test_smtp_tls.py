@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from smtp_helpers import Raw, find, headers_of, inbox
+from smtp_helpers import find, headers_of, inbox
 
 from harness import ServerProcess, require_peer
+from smtpclient import Raw
 
 HOSTNAME = "mx.example.test"
 
