@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import ServerProcess
+from imap.rawclient import Raw
 
 PASSWORD = "password"
 DOMAIN = "example.test"
@@ -82,3 +84,35 @@ def message(
         f"Message-ID: <{next(_counter)}@example.org>\r\n\r\n{body}\r\n"
     )
     return text.encode()
+
+
+def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
+    """A raw client logged in as ``user`` (password PASSWORD), with ``enable`` ENABLEd."""
+    c = Raw(server.port("imap"))
+    c.login(user)
+    if enable:
+        c.ok("ENABLE " + " ".join(enable))
+    return c
+
+
+def append_message(c: Raw, mailbox: str, data: bytes, flags: str = "") -> int:
+    """APPEND with a non-synchronizing literal; the new message's UID (from APPENDUID)."""
+    flag_part = f"({flags}) " if flags else ""
+    _, tagged = c.cmd(f"APPEND {mailbox} {flag_part}{{{len(data)}+}}\r\n".encode() + data)
+    m = re.search(rb"\[APPENDUID \d+ (\d+)\]", tagged)
+    assert m, tagged
+    return int(m.group(1))
+
+
+def append(c: Raw, mailbox: str = "INBOX", flags: str = "", count: int = 1) -> list[int]:
+    """``count`` new messages; their UIDs."""
+    return [append_message(c, mailbox, message(), flags) for _ in range(count)]
+
+
+def response_code(untagged: list[bytes], name: bytes) -> int:
+    """The number of the first untagged ``* OK [name n]``."""
+    for line in untagged:
+        m = re.match(rb"\* OK \[" + name + rb" (\d+)\]", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError((name, untagged))

@@ -10,7 +10,7 @@ import re
 from imapclient import IMAPClient
 
 from harness import ServerProcess
-from imap.imaputil import PASSWORD
+from imap.imaputil import PASSWORD, connect
 from imap.rawclient import Raw
 
 MSG = b"From: a@example.org\r\nSubject: appended\r\n\r\nHello.\r\n"
@@ -18,12 +18,6 @@ MSG = b"From: a@example.org\r\nSubject: appended\r\n\r\nHello.\r\n"
 
 def lit(data: bytes, plus: bool = False) -> bytes:
     return b"{%d%s}\r\n%s" % (len(data), b"+" if plus else b"", data)
-
-
-def connect(server: ServerProcess, user: str) -> Raw:
-    c = Raw(server.port("imap"))
-    c.login(user, PASSWORD)
-    return c
 
 
 def status(c: Raw, mailbox: str) -> dict[str, int]:

@@ -7,36 +7,8 @@ from __future__ import annotations
 import re
 
 from harness import ServerProcess
-from imap.imaputil import message
+from imap.imaputil import append, connect, response_code
 from imap.rawclient import Raw
-
-
-def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
-    c = Raw(server.port("imap"))
-    c.login(user)
-    if enable:
-        c.ok("ENABLE " + " ".join(enable))
-    return c
-
-
-def append(c: Raw, mailbox: str = "INBOX", flags: str = "", count: int = 1) -> list[int]:
-    uids = []
-    for _ in range(count):
-        data = message()
-        flag_part = f"({flags}) " if flags else ""
-        _, tagged = c.cmd(f"APPEND {mailbox} {flag_part}{{{len(data)}+}}\r\n".encode() + data)
-        m = re.search(rb"\[APPENDUID \d+ (\d+)\]", tagged)
-        assert m, tagged
-        uids.append(int(m.group(1)))
-    return uids
-
-
-def code(untagged: list[bytes], name: bytes) -> int:
-    for line in untagged:
-        m = re.match(rb"\* OK \[" + name + rb" (\d+)\]", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError((name, untagged))
 
 
 def status(c: Raw, mailbox: str = "INBOX") -> dict[bytes, int]:
@@ -56,7 +28,9 @@ def test_enable_and_highestmodseq(server: ServerProcess, user: str) -> None:
     assert s.ok("ENABLE QRESYNC") == [b"* ENABLED QRESYNC\r\n", b"* OK [HIGHESTMODSEQ 1] highest modseq\r\n"]
     assert s.ok("ENABLE CONDSTORE") == [b"* ENABLED\r\n"]
     untagged = c.ok("SELECT INBOX")
-    assert code(untagged, b"HIGHESTMODSEQ") == 1  # never 0, and never NOMODSEQ: mod-sequences persist
+    assert (
+        response_code(untagged, b"HIGHESTMODSEQ") == 1
+    )  # never 0, and never NOMODSEQ: mod-sequences persist
     assert not any(b"NOMODSEQ" in line for line in untagged)
     # Every change takes a new, higher MODSEQ.
     other = connect(server, user)
@@ -79,7 +53,7 @@ def test_condstore_enabling_commands(server: ServerProcess, user: str) -> None:
     append(c, flags="\\Seen")
     # SELECT ... (CONDSTORE) turns it on: FLAGS in FETCH come with MODSEQ (RFC 7162 3.1.8).
     untagged = c.ok("SELECT INBOX (CONDSTORE)")
-    assert code(untagged, b"HIGHESTMODSEQ") == 2
+    assert response_code(untagged, b"HIGHESTMODSEQ") == 2
     assert c.ok("FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (2))\r\n"]
     # STATUS HIGHESTMODSEQ is one too (RFC 7162 3.1.7).
     d = connect(server, user)
@@ -101,7 +75,7 @@ def test_condstore_enabling_commands(server: ServerProcess, user: str) -> None:
 def test_implicit_seen_reports_uid_and_modseq(server: ServerProcess, user: str) -> None:
     c = connect(server, user, "CONDSTORE")
     append(c, count=2)
-    top = code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
+    top = response_code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
     # RFC 7162 3.1: a FETCH that sets \Seen implicitly reports UID, FLAGS and MODSEQ.
     untagged = c.ok("FETCH 2 BODY[HEADER.FIELDS (SUBJECT)]")
     assert untagged == [
@@ -117,7 +91,7 @@ def test_implicit_seen_reports_uid_and_modseq(server: ServerProcess, user: str) 
 def test_changedsince_and_search_modseq(server: ServerProcess, user: str) -> None:
     c = connect(server, user, "CONDSTORE")
     append(c, count=4)
-    top = code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
+    top = response_code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
     c.ok("STORE 2 +FLAGS (\\Flagged)")
     c.ok("STORE 4 +FLAGS ($Later)")
     assert c.ok(f"FETCH 1:* (FLAGS) (CHANGEDSINCE {top})") == [
@@ -138,8 +112,8 @@ def test_qresync_select_reports_vanished_and_changes(server: ServerProcess, user
     c = connect(server, user, "QRESYNC")
     uids = append(c, count=6)
     untagged = c.ok("SELECT INBOX")
-    v = code(untagged, b"UIDVALIDITY")
-    known = code(untagged, b"HIGHESTMODSEQ")
+    v = response_code(untagged, b"UIDVALIDITY")
+    known = response_code(untagged, b"HIGHESTMODSEQ")
     c.ok("LOGOUT")
     # Meanwhile, in another session: flags change on 2 and 5, 3 and 6 go away, a new message comes.
     o = connect(server, user)
@@ -151,7 +125,7 @@ def test_qresync_select_reports_vanished_and_changes(server: ServerProcess, user
     o.ok("LOGOUT")
     r = connect(server, user, "QRESYNC")
     untagged, tagged = r.cmd(f"SELECT INBOX (QRESYNC ({v} {known}))")
-    top = code(untagged, b"HIGHESTMODSEQ")
+    top = response_code(untagged, b"HIGHESTMODSEQ")
     i = untagged.index(b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % top)
     # RFC 7162 3.2.5.2: VANISHED (EARLIER) first, then FETCH (UID FLAGS MODSEQ) for what changed.
     assert untagged[i + 1] == b"* VANISHED (EARLIER) 3,6\r\n"
@@ -216,7 +190,7 @@ def test_vanished_replaces_expunge(server: ServerProcess, user: str) -> None:
 def test_uid_fetch_vanished_modifier(server: ServerProcess, user: str) -> None:
     c = connect(server, user, "QRESYNC")
     append(c, count=5)
-    known = code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
+    known = response_code(c.ok("SELECT INBOX"), b"HIGHESTMODSEQ")
     c.ok("STORE 1,5 +FLAGS.SILENT (\\Deleted)")
     c.ok("EXPUNGE")
     c.ok("UID STORE 2 +FLAGS.SILENT (\\Seen)")
@@ -247,7 +221,7 @@ def test_close_and_move_report_highestmodseq(server: ServerProcess, user: str) -
     assert status(c)[b"HIGHESTMODSEQ"] == before + 2
     # The moved message is newer than anything in the target (RFC 6851 4.4).
     untagged = c.ok("SELECT Archive")
-    assert code(untagged, b"HIGHESTMODSEQ") == 2
+    assert response_code(untagged, b"HIGHESTMODSEQ") == 2
     assert c.ok("FETCH 1 (UID MODSEQ)") == [b"* 1 FETCH (UID 1 MODSEQ (2))\r\n"]
 
 
@@ -255,8 +229,8 @@ def test_uids_and_modseqs_survive_restart(server: ServerProcess, user: str) -> N
     c = connect(server, user, "QRESYNC")
     append(c, count=3)
     untagged = c.ok("SELECT INBOX")
-    v = code(untagged, b"UIDVALIDITY")
-    known = code(untagged, b"HIGHESTMODSEQ")
+    v = response_code(untagged, b"UIDVALIDITY")
+    known = response_code(untagged, b"HIGHESTMODSEQ")
     c.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)")
     c.ok("EXPUNGE")
     assert append(c) == [4]  # UID 3 is not given again
@@ -268,9 +242,9 @@ def test_uids_and_modseqs_survive_restart(server: ServerProcess, user: str) -> N
     r = connect(server, user, "QRESYNC")
     assert status(r) == before
     untagged = r.ok(f"SELECT INBOX (QRESYNC ({v} {known}))")
-    assert code(untagged, b"UIDVALIDITY") == v
-    assert code(untagged, b"UIDNEXT") == 5
-    assert code(untagged, b"HIGHESTMODSEQ") == before[b"HIGHESTMODSEQ"]
+    assert response_code(untagged, b"UIDVALIDITY") == v
+    assert response_code(untagged, b"UIDNEXT") == 5
+    assert response_code(untagged, b"HIGHESTMODSEQ") == before[b"HIGHESTMODSEQ"]
     assert b"* VANISHED (EARLIER) 2:3\r\n" in untagged
     assert not any(b"NOMODSEQ" in line for line in untagged)
     r.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)")

@@ -9,28 +9,12 @@ import re
 from imapclient import IMAPClient
 
 from harness import ServerProcess
-from imap.imaputil import PASSWORD, message
+from imap.imaputil import PASSWORD, append_message, connect, message
 from imap.rawclient import Raw
 
 
-def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
-    c = Raw(server.port("imap"))
-    c.login(user)
-    if enable:
-        c.ok("ENABLE " + " ".join(enable))
-    return c
-
-
 def append(c: Raw, mailbox: str = "INBOX", flags: str = "", count: int = 1) -> list[int]:
-    uids = []
-    for i in range(count):
-        data = message(subject=f"message {i + 1}")
-        flag_part = f"({flags}) " if flags else ""
-        _, tagged = c.cmd(f"APPEND {mailbox} {flag_part}{{{len(data)}+}}\r\n".encode() + data)
-        m = re.search(rb"\[APPENDUID \d+ (\d+)\]", tagged)
-        assert m, tagged
-        uids.append(int(m.group(1)))
-    return uids
+    return [append_message(c, mailbox, message(subject=f"message {i + 1}"), flags) for i in range(count)]
 
 
 def uidvalidity(c: Raw, mailbox: str) -> int:

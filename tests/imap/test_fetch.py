@@ -13,7 +13,7 @@ import pytest
 from imapclient import IMAPClient
 
 from harness import ServerProcess
-from imap.imaputil import PASSWORD
+from imap.imaputil import PASSWORD, connect
 from imap.rawclient import Raw
 
 
@@ -111,12 +111,6 @@ def between(data: bytes, start: bytes, end: bytes) -> bytes:
     """The bytes after the first ``start`` up to the next ``end``."""
     i = data.index(start) + len(start)
     return data[i : data.index(end, i)]
-
-
-def connect(server: ServerProcess, user: str) -> Raw:
-    c = Raw(server.port("imap"))
-    c.login(user, PASSWORD)
-    return c
 
 
 def append(c: Raw, mailbox: str, data: bytes, flags: str = "", date: str = "") -> None:

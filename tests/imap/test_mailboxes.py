@@ -5,13 +5,12 @@ in modified UTF-7 and UTF-8."""
 from __future__ import annotations
 
 import imaplib
-import re
 
 import pytest
 from imapclient import IMAPClient
 
 from harness import ServerProcess
-from imap.imaputil import PASSWORD, message
+from imap.imaputil import PASSWORD, append_message, connect, message, response_code
 from imap.rawclient import Raw
 
 DEFAULT_LIST = [
@@ -25,29 +24,12 @@ DEFAULT_LIST = [
 SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
 
 
-def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
-    c = Raw(server.port("imap"))
-    c.login(user)
-    if enable:
-        c.ok("ENABLE " + " ".join(enable))
-    return c
-
-
 def append(c: Raw, mailbox: str, flags: str = "", data: bytes | None = None) -> int:
-    data = data if data is not None else message()
-    flag_part = f"({flags}) " if flags else ""
-    _, tagged = c.cmd(f"APPEND {mailbox} {flag_part}{{{len(data)}+}}\r\n".encode() + data)
-    m = re.search(rb"\[APPENDUID \d+ (\d+)\]", tagged)
-    assert m, tagged
-    return int(m.group(1))
+    return append_message(c, mailbox, data if data is not None else message(), flags)
 
 
 def uidvalidity(untagged: list[bytes]) -> int:
-    for line in untagged:
-        m = re.match(rb"\* OK \[UIDVALIDITY (\d+)\]", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(untagged)
+    return response_code(untagged, b"UIDVALIDITY")
 
 
 def names(untagged: list[bytes]) -> list[bytes]:

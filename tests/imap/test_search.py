@@ -11,7 +11,7 @@ import re
 from imapclient import IMAPClient
 
 from harness import ServerProcess
-from imap.imaputil import PASSWORD
+from imap.imaputil import PASSWORD, connect
 from imap.rawclient import Raw
 
 # --- the test mailbox --------------------------------------------------------------------------------------
@@ -115,13 +115,6 @@ SIZES = [len(m[2]) for m in MESSAGES]
 
 def append(c: Raw, flags: str, when: str, data: bytes, mailbox: str = "INBOX") -> None:
     c.ok(f'APPEND {mailbox} {flags} "{when}" {{{len(data)}}}\r\n'.encode() + data)
-
-
-def connect(server: ServerProcess, user: str) -> Raw:
-    c = Raw(server.port("imap"))
-    # Raw writes a command and its CRLF separately: without this, Nagle and delayed ACKs cost 40 ms each.
-    c.login(user)
-    return c
 
 
 def corpus(server: ServerProcess, user: str) -> Raw:

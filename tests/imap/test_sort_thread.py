@@ -12,17 +12,10 @@ from imapclient import IMAPClient
 
 from harness import ServerProcess
 from homemail.imap.sort import base_subject
-from imap.imaputil import PASSWORD
+from imap.imaputil import PASSWORD, connect
 from imap.rawclient import Raw
 
 _mailboxes = itertools.count(1)
-
-
-def connect(server: ServerProcess, user: str) -> Raw:
-    c = Raw(server.port("imap"))
-    # Raw writes a command and its CRLF separately: without this, Nagle and delayed ACKs cost 40 ms each.
-    c.login(user)
-    return c
 
 
 def append(c: Raw, data: bytes, when: str = "01-Jan-2024 00:00:00 +0000", mailbox: str = "INBOX") -> None:

@@ -10,30 +10,9 @@ import re
 from imapclient import IMAPClient
 
 from harness import ServerProcess
-from imap.imaputil import PASSWORD, message
-from imap.rawclient import Raw
+from imap.imaputil import PASSWORD, append, connect, message, response_code
 
 SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
-
-
-def connect(server: ServerProcess, user: str, *enable: str) -> Raw:
-    c = Raw(server.port("imap"))
-    c.login(user)
-    if enable:
-        c.ok("ENABLE " + " ".join(enable))
-    return c
-
-
-def append(c: Raw, mailbox: str = "INBOX", flags: str = "", count: int = 1) -> list[int]:
-    uids = []
-    for _ in range(count):
-        data = message()
-        flag_part = f"({flags}) " if flags else ""
-        _, tagged = c.cmd(f"APPEND {mailbox} {flag_part}{{{len(data)}+}}\r\n".encode() + data)
-        m = re.search(rb"\[APPENDUID \d+ (\d+)\]", tagged)
-        assert m, tagged
-        uids.append(int(m.group(1)))
-    return uids
 
 
 def modseq(line: bytes) -> int:
@@ -43,11 +22,7 @@ def modseq(line: bytes) -> int:
 
 
 def highestmodseq(untagged: list[bytes]) -> int:
-    for line in untagged:
-        m = re.match(rb"\* OK \[HIGHESTMODSEQ (\d+)\]", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError(untagged)
+    return response_code(untagged, b"HIGHESTMODSEQ")
 
 
 def test_flags_replace_add_remove(server: ServerProcess, user: str) -> None:
