@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
-import uuid
 
 import pytest
-from smtp_helpers import body_of, find, headers_of, inbox
+from smtp_helpers import body_of, find, headers_of, inbox, marker, swaks
 
 from harness import ServerProcess, require_peer
 from smtpclient import Raw
-
-
-def marker() -> bytes:
-    return uuid.uuid4().hex.encode()
 
 
 def transaction(
@@ -301,22 +295,6 @@ def test_swaks_pipelining_and_chunking(mx: ServerProcess) -> None:
     require_peer("swaks")
     m = marker().decode()
     for extra in (["--pipeline"], ["--pipeline", "--body", "x" * 3000 + "\n.\nend"]):
-        r = subprocess.run(
-            [
-                "swaks",
-                "--server",
-                f"127.0.0.1:{mx.port('smtp')}",
-                "--to",
-                "bob@example.org",
-                "--from",
-                "s@remote.example",
-                "--header",
-                f"Subject: {m}",
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = swaks(mx, "bob@example.org", "s@remote.example", "--header", f"Subject: {m}", *extra)
         assert r.returncode == 0, r.stdout
     assert len(find(inbox(mx, "bob@example.org"), m.encode())) == 2

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import select
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from smtp_helpers import body_of, find, inbox
+from smtp_helpers import body_of, find, inbox, marker, start_mx
 
 from harness import ServerProcess
 from smtpclient import Raw
@@ -25,17 +24,6 @@ MAX_ERRORS = 5
 PER_IP = 3
 IDLE = 3.0
 DATA_TIMEOUT = 0.5
-
-
-def start_mx(users: tuple[str, ...], **smtp: object) -> ServerProcess:
-    """An MX with just these mailboxes: fewer CLI runs, so a quicker start, than setup_mx (which also makes
-    the aliases and domains other modules use)."""
-    server = ServerProcess(config={"smtp": smtp} if smtp else None)
-    for domain in sorted({u.rpartition("@")[2] for u in users}):
-        server.cli("domain", "add", domain)
-    for user in users:
-        server.cli("user", "add", user, "--password-stdin", input="password\n")
-    return server.start()
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +68,6 @@ def connect() -> Iterator[Connect]:
     yield open_client
     for client in opened:
         client.close()
-
-
-def marker() -> bytes:
-    return uuid.uuid4().hex.encode()
 
 
 def message_of_size(m: bytes, size: int, stuffed: bool = False) -> bytes:

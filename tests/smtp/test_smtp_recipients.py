@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from smtp_helpers import find, inbox
+from smtp_helpers import find, inbox, swaks
 
 from harness import ServerProcess, require_peer
 from smtpclient import Raw
@@ -160,43 +160,14 @@ def test_catch_all_does_not_relay(raw: Raw) -> None:
 
 def test_swaks_delivers_and_is_refused_relay(mx: ServerProcess) -> None:
     require_peer("swaks")
-    import subprocess
 
     m = marker()
-    ok = subprocess.run(
-        [
-            "swaks",
-            "--server",
-            f"127.0.0.1:{mx.port('smtp')}",
-            "--to",
-            "bob@example.org",
-            "--from",
-            "sender@remote.example",
-            "--header",
-            f"Subject: {m}",
-            "--body",
-            f"body {m}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    ok = swaks(
+        mx, "bob@example.org", "sender@remote.example", "--header", f"Subject: {m}", "--body", f"body {m}"
     )
     assert ok.returncode == 0, ok.stdout
     assert "250 2.0.0 Ok: delivered as" in ok.stdout
     assert len(find(inbox(mx, "bob@example.org"), m.encode())) == 1
-    relay = subprocess.run(
-        [
-            "swaks",
-            "--server",
-            f"127.0.0.1:{mx.port('smtp')}",
-            "--to",
-            "x@elsewhere.example",
-            "--from",
-            "sender@remote.example",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    relay = swaks(mx, "x@elsewhere.example", "sender@remote.example")
     assert relay.returncode != 0
     assert "554 5.7.1" in relay.stdout

@@ -10,13 +10,12 @@ import socket
 import ssl
 import subprocess
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from smtp_helpers import find, headers_of, inbox
+from smtp_helpers import find, headers_of, inbox, marker, start_mx, swaks
 
 from harness import ServerProcess, require_peer
 from smtpclient import Raw
@@ -32,17 +31,6 @@ class NamedSMTP(smtplib.SMTP):
         return socket.create_connection(("127.0.0.1", port), timeout)
 
 
-def start_mx(users: tuple[str, ...], **smtp: object) -> ServerProcess:
-    """An MX with just these mailboxes: fewer CLI runs, so a quicker start, than setup_mx (which also makes
-    the aliases and domains other modules use)."""
-    server = ServerProcess(config={"smtp": smtp} if smtp else None)
-    for domain in sorted({u.rpartition("@")[2] for u in users}):
-        server.cli("domain", "add", domain)
-    for user in users:
-        server.cli("user", "add", user, "--password-stdin", input="password\n")
-    return server.start()
-
-
 @pytest.fixture(scope="module")
 def mx() -> Iterator[ServerProcess]:
     """This module's own MX, with two mailboxes (in place of the shared one of conftest.py)."""
@@ -51,10 +39,6 @@ def mx() -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
-
-
-def marker() -> bytes:
-    return uuid.uuid4().hex.encode()
 
 
 def cert_path(mx: ServerProcess) -> Path:
@@ -206,25 +190,17 @@ def test_tls_1_1_client_is_refused(mx: ServerProcess) -> None:
 
 
 def test_commands_pipelined_after_starttls_are_refused(mx: ServerProcess) -> None:
-    raw = Raw(mx.port("smtp"))
-    try:
-        raw.ehlo()
-        raw.send(b"STARTTLS\r\nMAIL FROM:<injected@remote.example>\r\n")
-        code, text = raw.reply()
-        assert code == 554 and text.startswith("5.5.1 "), text
-        assert raw.is_closed()
-    finally:
-        raw.close()
     # also when the injected bytes come in the same write as STARTTLS with a bare LF
-    raw = Raw(mx.port("smtp"))
-    try:
-        raw.ehlo()
-        raw.send(b"STARTTLS\nRSET\n")
-        code, text = raw.reply()
-        assert code == 554 and text.startswith("5.5.1 "), text
-        assert raw.is_closed()
-    finally:
-        raw.close()
+    for sent in (b"STARTTLS\r\nMAIL FROM:<injected@remote.example>\r\n", b"STARTTLS\nRSET\n"):
+        raw = Raw(mx.port("smtp"))
+        try:
+            raw.ehlo()
+            raw.send(sent)
+            code, text = raw.reply()
+            assert code == 554 and text.startswith("5.5.1 "), text
+            assert raw.is_closed()
+        finally:
+            raw.close()
 
 
 def test_swaks_starttls_delivers(mx: ServerProcess) -> None:
@@ -232,25 +208,16 @@ def test_swaks_starttls_delivers(mx: ServerProcess) -> None:
     if subprocess.run(["perl", "-MNet::SSLeay", "-e", "1"], capture_output=True).returncode != 0:
         require_peer("perl module Net::SSLeay (swaks --tls)")  # skips, or fails where peers are required
     m = marker().decode()
-    r = subprocess.run(
-        [
-            "swaks",
-            "--server",
-            f"127.0.0.1:{mx.port('smtp')}",
-            "--tls",
-            "--tls-verify",
-            "--tls-ca-path",
-            str(cert_path(mx)),
-            "--to",
-            "bob@example.org",
-            "--from",
-            "s@remote.example",
-            "--header",
-            f"Subject: {m}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    r = swaks(
+        mx,
+        "bob@example.org",
+        "s@remote.example",
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(cert_path(mx)),
+        "--header",
+        f"Subject: {m}",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"TLS started with cipher TLSv1\.[23]", r.stdout), r.stdout
