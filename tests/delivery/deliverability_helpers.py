@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from delivery_helpers import Received
+from delivery_helpers import Received, SMTPPeer
 
 
 def reverse_zone(net: str) -> str:
@@ -64,7 +64,7 @@ class EchoServer:
 
 
 @dataclass
-class SmartRelay:
+class SmartRelay(SMTPPeer):
     """A relay on ``host``:``port``: STARTTLS, then AUTH PLAIN/LOGIN as ``username``/``password``, required;
     everything it accepts is in ``received`` (it hands nothing on)."""
 
@@ -120,15 +120,6 @@ class SmartRelay:
         )
         self.controller.start()
         return self
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    def with_marker(self, mark: str) -> list[Received]:
-        with self.lock:
-            return [m for m in self.received if mark.encode() in m.data]
 
 
 class _TCPServer(socketserver.ThreadingTCPServer):

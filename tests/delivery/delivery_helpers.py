@@ -374,8 +374,26 @@ class Received:
     data: bytes
 
 
+class SMTPPeer:
+    """What the aiosmtpd peers of these tests (Remote, deliverability_helpers.SmartRelay) share: the stop, and
+    the messages received that carry a mark."""
+
+    received: list[Received]
+    lock: threading.Lock
+    controller: Any
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def with_marker(self, mark: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.received if mark.encode() in m.data]
+
+
 @dataclass
-class Remote:
+class Remote(SMTPPeer):
     """An aiosmtpd server on ``host``:25. ``rcpt_reply(address)`` may return a reply line ("451 4.7.1 ...")
     instead of the default 250; ``data_reply(envelope)`` likewise for the end of data; ``rcpt_delay(address)``
     makes it think before answering a RCPT. Everything it accepted is in ``received``."""
@@ -433,12 +451,3 @@ class Remote:
         )
         self.controller.start()
         return self
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    def with_marker(self, mark: str) -> list[Received]:
-        with self.lock:
-            return [m for m in self.received if mark.encode() in m.data]
