@@ -571,29 +571,15 @@ class SQLiteStore(Store):
         except ValueError:
             return None
 
-        def read(db: sqlite3.Connection) -> Account | None:
-            row = db.execute(
-                "SELECT id, address, password_hash, scram_sha256 FROM account WHERE address = ?", (addr,)
-            ).fetchone()
-            return Account(*row) if row else None
-
-        return await self._read(read)
+        return await self._read(_account_where, "address", addr)
 
     async def get_account_by_id(self, account_id: int) -> Account | None:
-        def read(db: sqlite3.Connection) -> Account | None:
-            row = db.execute(
-                "SELECT id, address, password_hash, scram_sha256 FROM account WHERE id = ?", (account_id,)
-            ).fetchone()
-            return Account(*row) if row else None
-
-        return await self._read(read)
+        return await self._read(_account_where, "id", account_id)
 
     async def list_accounts(self, domain: str | None = None) -> list[Account]:
         def read(db: sqlite3.Connection) -> list[Account]:
             if domain is None:
-                rows = db.execute(
-                    "SELECT id, address, password_hash, scram_sha256 FROM account ORDER BY address"
-                )
+                rows = db.execute(_ACCOUNT_SELECT + " ORDER BY address")
             else:
                 rows = db.execute(
                     "SELECT a.id, a.address, a.password_hash, a.scram_sha256 FROM account a JOIN domain d ON d.id = a.domain_id"
@@ -1247,6 +1233,7 @@ class SQLiteStore(Store):
 
 # --- SQL helpers (run in the reader or writer threads) --------------------------------------------------------
 
+_ACCOUNT_SELECT = "SELECT id, address, password_hash, scram_sha256 FROM account"
 _MAILBOX_SELECT = (
     "SELECT m.id, m.account_id, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, m.special_use,"
     " EXISTS (SELECT 1 FROM subscription s WHERE s.account_id = m.account_id AND s.name = m.name)"
@@ -1255,6 +1242,12 @@ _MAILBOX_SELECT = (
 _MESSAGE_SELECT = (
     "SELECT uid, flags, keywords, internaldate, internaldate_tz, size, modseq, blob_id FROM message"
 )
+
+
+def _account_where(db: sqlite3.Connection, column: str, value: object) -> Account | None:
+    """The account whose ``column`` (address or id) is ``value``."""
+    row = db.execute(f"{_ACCOUNT_SELECT} WHERE {column} = ?", (value,)).fetchone()
+    return Account(*row) if row else None
 
 
 def _like_escape(s: str) -> str:
@@ -1821,10 +1814,7 @@ def _resolve(db: sqlite3.Connection, address: str) -> Recipient | None:
     visited: set[str] = set()
 
     def account(addr: str) -> Account | None:
-        row = db.execute(
-            "SELECT id, address, password_hash, scram_sha256 FROM account WHERE address = ?", (addr,)
-        ).fetchone()
-        return Account(*row) if row else None
+        return _account_where(db, "address", addr)
 
     def aliases(source: str) -> list[str]:
         return [r[0] for r in db.execute("SELECT target FROM alias WHERE source = ?", (source,))]
