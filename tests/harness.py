@@ -5,6 +5,8 @@ A test module starts its servers once (module-scoped fixtures) and talks to them
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import re
 import shutil
@@ -12,14 +14,18 @@ import signal
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from processes import free_port, homemail_cli, start_homemail, stop_process, wait_ready
 
+if TYPE_CHECKING:
+    from homemail.store.sqlite import SQLiteStore
+
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 LISTENER_KEYS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 
@@ -40,6 +46,30 @@ def no_verify() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+@functools.cache
+def password_hashes(password: str = "password") -> tuple[str, str]:
+    """``hash_password(password)``, made once per test run (argon2 is slow on purpose)."""
+    from homemail.auth import hash_password
+
+    return hash_password(password)
+
+
+def with_store(data_dir: Path, fn: Callable[[SQLiteStore], Awaitable[T]]) -> T:
+    """``fn`` on the store of ``data_dir`` (fsync off), opened and closed around it, in an event loop of its own:
+    what the CLI or a second process does to a server's store."""
+    from homemail.store.sqlite import SQLiteStore
+
+    async def run() -> T:
+        store = SQLiteStore(data_dir, fsync=False)
+        await store.open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def toml_value(v: Any) -> str:

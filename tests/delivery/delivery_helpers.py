@@ -30,7 +30,7 @@ import dns.query
 import dns.rdatatype
 
 import smtpclient
-from harness import ServerProcess, deep_merge, no_verify
+from harness import ServerProcess, deep_merge, no_verify, password_hashes, with_store
 
 T = TypeVar("T")
 
@@ -102,28 +102,22 @@ class Homemail(ServerProcess):
         password: str = PASSWORD,
     ) -> None:
         """Domains (those of the users too), accounts with ``password``, aliases: one store session."""
-        from homemail.auth import hash_password
         from homemail.store.sqlite import SQLiteStore
 
         users = list(users)
         all_domains = sorted({*domains, *(u.rpartition("@")[2] for u in users)})
-        argon, scram = hash_password(password)
+        argon, scram = password_hashes(password)
 
-        async def run() -> None:
-            store = SQLiteStore(self.data_dir, fsync=False)
-            await store.open()
-            try:
-                for d in all_domains:
-                    if not await store.is_local_domain(d):
-                        await store.add_domain(d)
-                for u in users:
-                    await store.add_account(u, argon, scram)
-                for source, targets in (aliases or {}).items():
-                    await store.add_alias(source, list(targets))
-            finally:
-                await store.close()
+        async def run(store: SQLiteStore) -> None:
+            for d in all_domains:
+                if not await store.is_local_domain(d):
+                    await store.add_domain(d)
+            for u in users:
+                await store.add_account(u, argon, scram)
+            for source, targets in (aliases or {}).items():
+                await store.add_alias(source, list(targets))
 
-        asyncio.run(run())
+        with_store(self.data_dir, run)
 
     def dkim_keygen(self, domain: str) -> list[str]:
         """``homemail dkim keygen DOMAIN``: the zone lines it prints (RSA and Ed25519), for KnotServer."""

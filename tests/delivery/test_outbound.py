@@ -7,7 +7,6 @@ read back with ``homemail export`` and verified with dkimpy. Failures come back 
 
 from __future__ import annotations
 
-import asyncio
 import smtplib
 import subprocess
 import time
@@ -34,7 +33,7 @@ from delivery_helpers import (
 )
 
 from dnsserver import KnotServer
-from harness import require_peer
+from harness import require_peer, with_store
 
 NET = loopback_block()
 A_IP, B_IP = NET + "2", NET + "3"
@@ -268,16 +267,11 @@ def _inject(server: Homemail, sender: str, recipients: list[str], data: bytes) -
     from homemail.store import QueueRecipient
     from homemail.store.sqlite import SQLiteStore
 
-    async def run() -> int:
-        store = SQLiteStore(server.data_dir, fsync=False)
-        await store.open()
-        try:
-            queue_id, _ = await store.enqueue(data, sender, [QueueRecipient(r) for r in recipients])
-            return queue_id
-        finally:
-            await store.close()
+    async def run(store: SQLiteStore) -> int:
+        queue_id, _ = await store.enqueue(data, sender, [QueueRecipient(r) for r in recipients])
+        return queue_id
 
-    return asyncio.run(run())
+    return with_store(server.data_dir, run)
 
 
 def test_no_dsn_for_null_sender(a: Homemail, b: Homemail) -> None:

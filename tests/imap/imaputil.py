@@ -3,49 +3,36 @@ account per test, made directly in the store (one argon2 hash for all of them, s
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from harness import ServerProcess
+from harness import ServerProcess, password_hashes, with_store
 from imap.rawclient import Raw
+
+if TYPE_CHECKING:
+    from homemail.store.sqlite import SQLiteStore
 
 PASSWORD = "password"
 DOMAIN = "example.test"
 _counter = itertools.count(1)
 
 
-@functools.cache
-def _hashes() -> tuple[str, str]:
-    from homemail.auth import hash_password
-
-    return hash_password(PASSWORD)
-
-
 def add_accounts(server: ServerProcess, addresses: list[str], password: str = PASSWORD) -> None:
-    """Accounts in DOMAIN (made if need be), straight in the store; a password other than PASSWORD costs one
-    argon2 hash."""
-    from homemail.auth import hash_password
-    from homemail.store.sqlite import SQLiteStore
+    """Accounts in DOMAIN (made if need be), straight in the store."""
 
-    async def run() -> None:
-        store = SQLiteStore(server.data_dir, fsync=False)
-        await store.open()
-        try:
-            if DOMAIN not in {d.name for d in await store.list_domains()}:
-                await store.add_domain(DOMAIN)
-            pw, scram = _hashes() if password == PASSWORD else hash_password(password)
-            for a in addresses:
-                await store.add_account(a, pw, scram)
-        finally:
-            await store.close()
+    async def add(store: SQLiteStore) -> None:
+        if DOMAIN not in {d.name for d in await store.list_domains()}:
+            await store.add_domain(DOMAIN)
+        pw, scram = password_hashes(password)
+        for a in addresses:
+            await store.add_account(a, pw, scram)
 
-    asyncio.run(run())
+    with_store(server.data_dir, add)
 
 
 def start_server(root: Path, **config: object) -> ServerProcess:

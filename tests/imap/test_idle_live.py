@@ -4,7 +4,6 @@ while it IDLEs, at its next command otherwise (RFC 9051 5.2, 7.5.1)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import smtplib
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ServerProcess
+from harness import ServerProcess, with_store
 from imap.imaputil import DOMAIN, add_accounts, message, start_server
 from imap.rawclient import Raw, well_formed
 
@@ -194,17 +193,12 @@ def deliver_from_another_process(server: ServerProcess, address: str) -> None:
     from homemail.store import DeliveryTarget
     from homemail.store.sqlite import SQLiteStore
 
-    async def run() -> None:
-        store = SQLiteStore(server.data_dir, fsync=False)
-        await store.open()
-        try:
-            account = await store.get_account(address)
-            assert account is not None
-            await store.deliver(message(subject="from outside"), [DeliveryTarget(account.id)])
-        finally:
-            await store.close()
+    async def run(store: SQLiteStore) -> None:
+        account = await store.get_account(address)
+        assert account is not None
+        await store.deliver(message(subject="from outside"), [DeliveryTarget(account.id)])
 
-    asyncio.run(run())
+    with_store(server.data_dir, run)
 
 
 def test_delivery_by_another_process_reaches_idle(server: ServerProcess, user: str) -> None:

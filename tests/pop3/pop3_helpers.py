@@ -3,7 +3,6 @@ over IMAP and SMTP."""
 
 from __future__ import annotations
 
-import asyncio
 import imaplib
 import smtplib
 import socket
@@ -13,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import ServerProcess, deep_merge, no_verify
+from harness import ServerProcess, deep_merge, no_verify, with_store
 from homemail.store import DeliveryTarget
 from homemail.store.sqlite import SQLiteStore
 from imap.imaputil import DOMAIN, PASSWORD, _counter, add_accounts
@@ -159,18 +158,13 @@ def put(server: ServerProcess, user: str, *messages: bytes, flags: str = "") -> 
 def deliver(server: ServerProcess, user: str, *messages: bytes) -> None:
     """Deliver into the user's INBOX through the store of the server's data folder (for servers without IMAP)."""
 
-    async def run() -> None:
-        store = SQLiteStore(server.data_dir, fsync=False)
-        await store.open()
-        try:
-            account = await store.get_account(user)
-            assert account is not None
-            for m in messages:
-                await store.deliver(m, [DeliveryTarget(account.id)])
-        finally:
-            await store.close()
+    async def run(store: SQLiteStore) -> None:
+        account = await store.get_account(user)
+        assert account is not None
+        for m in messages:
+            await store.deliver(m, [DeliveryTarget(account.id)])
 
-    asyncio.run(run())
+    with_store(server.data_dir, run)
 
 
 def no_internal_errors(server: ServerProcess) -> bool:

@@ -3,28 +3,19 @@ against it, and an account's whole content read back for comparisons."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from harness import to_toml
+from harness import password_hashes, to_toml, with_store
 from homemail.store import DeliveryTarget
 from homemail.store.sqlite import SQLiteStore
+from processes import homemail_cli, homemail_command
 
 DOMAIN = "example.test"
 _counter = itertools.count(1)
-
-
-@functools.cache
-def _hashes() -> tuple[str, str]:
-    from homemail.auth import hash_password
-
-    return hash_password("password")
 
 
 @dataclass(frozen=True)
@@ -46,15 +37,7 @@ class Home:
         self.data_dir = root / "data"
         self.config = root / "homemail.toml"
         self.config.write_text(to_toml({"data_dir": str(self.data_dir), "storage": {"fsync": fsync}}))
-        asyncio.run(self._run(self._add_domain))
-
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        store = SQLiteStore(self.data_dir, fsync=False)
-        await store.open()
-        try:
-            return await fn(store, *args)
-        finally:
-            await store.close()
+        with_store(self.data_dir, self._add_domain)
 
     @staticmethod
     async def _add_domain(store: SQLiteStore) -> None:
@@ -64,20 +47,14 @@ class Home:
     def cli(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(
-            [sys.executable, "-m", "homemail", "--config", str(self.config), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        r = homemail_cli(self.config, *args, input=input, timeout=timeout)
         if check:
             assert r.returncode == 0, f"homemail {' '.join(args)}: {r.returncode}\n{r.stdout}\n{r.stderr}"
         return r
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "homemail", "--config", str(self.config), *args],
+            homemail_command(self.config, *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -87,9 +64,9 @@ class Home:
         address = f"{name}{next(_counter)}@{DOMAIN}"
 
         async def add(store: SQLiteStore) -> None:
-            await store.add_account(address, *_hashes())
+            await store.add_account(address, *password_hashes())
 
-        asyncio.run(self._run(add))
+        with_store(self.data_dir, add)
         return address
 
     def state(self, address: str) -> dict[str, list[Stored]]:
@@ -106,7 +83,7 @@ class Home:
                 ]
             return out
 
-        return asyncio.run(self._run(read))
+        return with_store(self.data_dir, read)
 
     def fill(self, address: str, folders: dict[str, list[tuple[bytes, frozenset[str], datetime]]]) -> None:
         """Put messages into folders (made as needed) with their flags and internal dates."""
@@ -119,7 +96,7 @@ class Home:
                 for data, flags, when in messages:
                     await store.append(account.id, mb.id, data, flags, when)
 
-        asyncio.run(self._run(put))
+        with_store(self.data_dir, put)
 
     def deliver(self, address: str, data: bytes) -> None:
         async def put(store: SQLiteStore) -> None:
@@ -127,7 +104,7 @@ class Home:
             assert account is not None
             await store.deliver(data, [DeliveryTarget(account.id)])
 
-        asyncio.run(self._run(put))
+        with_store(self.data_dir, put)
 
     def subscriptions(self, address: str) -> list[str]:
         async def read(store: SQLiteStore) -> list[str]:
@@ -135,7 +112,7 @@ class Home:
             assert account is not None
             return sorted(await store.list_subscriptions(account.id))
 
-        return asyncio.run(self._run(read))
+        return with_store(self.data_dir, read)
 
 
 def message_ids(messages: list[Stored]) -> list[str]:
