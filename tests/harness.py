@@ -72,6 +72,22 @@ def with_store(data_dir: Path, fn: Callable[[SQLiteStore], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
+def issue_certificate(folder: Path, *names: str, prefix: str = "") -> tuple[Any, Path, Path, Path]:
+    """A new test CA and a certificate it issued for ``names``: (the trustme CA, its certificate file, the
+    certificate chain file, the key file), written to ``folder`` as {prefix}ca.pem, {prefix}cert.pem and
+    {prefix}key.pem."""
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = folder / f"{prefix}ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert = ca.issue_cert(*names)
+    cert_file, key_file = folder / f"{prefix}cert.pem", folder / f"{prefix}key.pem"
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return ca, ca_file, cert_file, key_file
+
+
 def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -15,6 +15,8 @@ from typing import Any
 
 from delivery_helpers import Received, SMTPPeer
 
+from harness import issue_certificate
+
 
 def reverse_zone(net: str) -> str:
     """The in-addr.arpa zone of ``127.A.B.`` (a /24)."""
@@ -159,15 +161,7 @@ class RefusingServer:
 def start_relay(host: str, work: Path) -> tuple[SmartRelay, dict[str, Any]]:
     """A :class:`SmartRelay` for ``relay.test`` on ``host``, and the ``[[relay]]`` table (named "smart") that
     reaches it (its CA as cafile)."""
-    import trustme
-
-    ca = trustme.CA()
-    ca_file = work / "relay-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert = ca.issue_cert("relay.test")
-    cert_file, key_file = work / "relay-cert.pem", work / "relay-key.pem"
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
+    _, ca_file, cert_file, key_file = issue_certificate(work, "relay.test", prefix="relay-")
     relay = SmartRelay(host, cert_file, key_file).start()
     table = {
         "name": "smart",

@@ -23,6 +23,7 @@ import pytest
 from delivery_helpers import Homemail, loopback_block, marker, received_fields, start_all, submit, wait_for
 
 from dnsserver import KnotServer
+from harness import issue_certificate
 
 NET = loopback_block()
 R_IP, S_IP = NET + "70", NET + "71"
@@ -53,16 +54,9 @@ async def records_of(server: Homemail, domain: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    import trustme
-
     work: Path = tmp_path_factory.mktemp("dns-records")
-    ca = trustme.CA()
-    ca_file = work / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert = ca.issue_cert(f"mx.{R_DOMAIN}", f"mta-sts.{R_DOMAIN}", f"autoconfig.{R_DOMAIN}")
-    cert_file, key_file = work / "cert.pem", work / "key.pem"
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
+    names = (f"mx.{R_DOMAIN}", f"mta-sts.{R_DOMAIN}", f"autoconfig.{R_DOMAIN}")
+    _, ca_file, cert_file, key_file = issue_certificate(work, *names)
 
     knot = KnotServer({R_DOMAIN: [], S_DOMAIN: []})
     r = Homemail(

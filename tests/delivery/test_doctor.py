@@ -29,7 +29,7 @@ from deliverability_helpers import EchoServer, reverse_zone
 from delivery_helpers import Homemail, Remote, loopback_block
 
 from dnsserver import KnotServer
-from harness import to_toml
+from harness import issue_certificate, to_toml
 
 NET = loopback_block()
 MX_IP, HOME_IP, LISTED_IP, PROBE_IP, ECHO_IP, CLOSED_IP = (
@@ -87,16 +87,8 @@ def check(report: dict[str, Any], check_id: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    import trustme
-
     work: Path = tmp_path_factory.mktemp("doctor")
-    ca = trustme.CA()
-    ca_file = work / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert = ca.issue_cert(HOST, f"mta-sts.{DOMAIN}")
-    cert_file, key_file = work / "cert.pem", work / "key.pem"
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
+    _, ca_file, cert_file, key_file = issue_certificate(work, HOST, f"mta-sts.{DOMAIN}")
 
     echo = EchoServer(ECHO_IP, MX_IP).start()
     try:  # the same service over IPv6, where the machine has ::1

@@ -16,7 +16,7 @@ import pytest
 from delivery_helpers import Homemail, loopback_block, marker, received_fields, start_all, submit, wait_for
 
 from dnsserver import KnotServer
-from harness import free_port
+from harness import free_port, issue_certificate
 
 NET = loopback_block()
 S_IP, R_IP, HTTPS_IP = NET + "40", NET + "41", NET + "42"
@@ -80,16 +80,8 @@ class PolicyServer:
 
 @pytest.fixture(scope="module")
 def world(knot: KnotServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Homemail, Homemail]]:
-    import trustme
-
     work: Path = tmp_path_factory.mktemp("mtasts")
-    ca = trustme.CA()
-    ca_file = work / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    mx_cert = ca.issue_cert("mx.sts.test")
-    cert_file, key_file = work / "mx-cert.pem", work / "mx-key.pem"
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in mx_cert.cert_chain_pems))
-    mx_cert.private_key_pem.write_to_path(str(key_file))
+    ca, ca_file, cert_file, key_file = issue_certificate(work, "mx.sts.test", prefix="mx-")
     web = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*POLICIES).configure_cert(web)
     policies = PolicyServer(web)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ServerProcess, require_peer
+from harness import ServerProcess, issue_certificate, require_peer
 from homemail import config as config_mod
 from homemail import public
 from homemail.delivery.mtasts import parse_policy
@@ -26,17 +26,9 @@ DOMAINS = ("example.org", "example.net")
 
 @pytest.fixture(scope="module")
 def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Path]]:
-    import trustme
-
     work = tmp_path_factory.mktemp("web-tls")
-    ca = trustme.CA()
-    ca_path = work / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
     names = [HOST, *(f"{p}.{d}" for d in DOMAINS for p in ("mta-sts", "autoconfig")), *DOMAINS]
-    cert = ca.issue_cert(*names)
-    cert_file, key_file = work / "cert.pem", work / "key.pem"
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
+    _, ca_path, cert_file, key_file = issue_certificate(work, *names)
     yield ca_path, cert_file, key_file
 
 
