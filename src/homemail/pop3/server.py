@@ -82,6 +82,10 @@ class Session:
     # --- I/O ---
 
     def write(self, data: bytes) -> None:
+        if self.writer.transport.is_closing():
+            # The client is gone (a reset in the middle of RETR, say); uvloop raises on such a write, asyncio
+            # drops it. The next flush or read ends the session.
+            return
         self.writer.write(data)
 
     async def flush(self) -> None:
